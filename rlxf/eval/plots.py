@@ -1,0 +1,81 @@
+"""PNG plots of a run's curves (matplotlib, imported lazily, non-interactive backend)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        value = r.get(key)
+        if isinstance(value, (int, float)):
+            xs.append(r["step"])
+            ys.append(value)
+    return xs, ys
+
+
+def _moving_average(ys: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, y in enumerate(ys):
+        total += y
+        if i >= window:
+            total -= ys[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_run(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Write ``reward.png`` (training reward, raw and 10-step mean), ``accuracy.png`` (held-out accuracy with
+    its 95% interval against training time) and ``length_entropy.png``; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs, ys = _series(metrics, "reward_mean")
+    ax.plot(xs, ys, alpha=0.35, label="batch mean")
+    ax.plot(xs, _moving_average(ys, 10), label="10-step mean")
+    ax.set(xlabel="step", ylabel="reward", title="training reward")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "reward.png", dpi=110)
+    written.append(out / "reward.png")
+    plt.close(fig)
+
+    if evals:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        t = [e["train_seconds"] / 60 for e in evals]
+        acc = [100 * e["accuracy"] for e in evals]
+        lo = [100 * e["ci95"][0] for e in evals]
+        hi = [100 * e["ci95"][1] for e in evals]
+        ax.fill_between(t, lo, hi, alpha=0.2, label="95% CI")
+        ax.plot(t, acc, marker="o", label="greedy held-out accuracy")
+        ax.set(xlabel="training time (min)", ylabel="accuracy (%)", title="held-out accuracy", ylim=(0, 100))
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "accuracy.png", dpi=110)
+        written.append(out / "accuracy.png")
+        plt.close(fig)
+
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    xs, ys = _series(metrics, "completion_len")
+    ax1.plot(xs, ys, color="tab:blue", label="completion length")
+    ax1.set(xlabel="step", ylabel="tokens")
+    ax2 = ax1.twinx()
+    xs, ys = _series(metrics, "entropy")
+    ax2.plot(xs, ys, color="tab:orange", label="entropy")
+    ax2.set_ylabel("entropy (nats)")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "length_entropy.png", dpi=110)
+    written.append(out / "length_entropy.png")
+    plt.close(fig)
+    return written

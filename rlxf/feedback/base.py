@@ -1,0 +1,125 @@
+"""The feedback contract: `feedback(prompts, completions, **context) -> Scores(values, info)`.
+
+Every source of reward (verifiers, reward models, judges) implements `Feedback`. `Scores.values` is one
+float32 score per completion, shape `(B,)`; `Scores.info` maps a key to a per-item list of length `B`
+(e.g. `parsed`, `parse_failed`, `correct`, `source`), so evaluation can report coverage and provenance and
+several batches' infos concatenate key by key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = ["FeedbackError", "Scores", "Feedback", "validate_scores", "check_batch", "context_list"]
+
+
+class FeedbackError(ValueError):
+    """A feedback was called with, or returned, something that breaks the contract."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What a feedback returns for a batch of `B` completions.
+
+    values: float32 `(B,)`, one score per completion, in the feedback's own scale (never normalised here).
+    info: per-item lists, each of length `B`; `info["source"][i]` names the feedback that scored item i.
+    """
+
+    values: Tensor
+    info: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+
+@runtime_checkable
+class Feedback(Protocol):
+    """Scores completions; context items are per-item lists aligned with `completions` (`answer=[...]`)."""
+
+    def __call__(self, prompts: list[str], completions: list[str], **context: list[Any]) -> Scores: ...
+
+
+def check_batch(prompts: Sequence[str], completions: Sequence[str], *, source: str) -> int:
+    """The batch size `B`, after checking that prompts and completions are aligned lists of strings."""
+    if len(prompts) != len(completions):
+        raise FeedbackError(f"{source}: {len(prompts)} prompts for {len(completions)} completions")
+    for i, text in enumerate(completions):
+        if not isinstance(text, str):
+            raise FeedbackError(f"{source}: completion {i} must be a str, got {type(text).__name__}")
+    return len(completions)
+
+
+def context_list(context: dict[str, Any], key: str, n: int, *, source: str) -> list[Any]:
+    """`context[key]` as a list of length `n`, or a FeedbackError saying what is missing or misaligned."""
+    if key not in context:
+        have = ", ".join(sorted(context)) or "none"
+        raise FeedbackError(f"{source}: needs context '{key}' (a list, one item per completion); got: {have}")
+    items = context[key]
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise FeedbackError(f"{source}: context '{key}' must be a list, got {type(items).__name__}")
+    if len(items) != n:
+        raise FeedbackError(f"{source}: context '{key}' has {len(items)} items for {n} completions")
+    return list(items)
+
+
+def validate_scores(
+    scores: Scores,
+    n: int,
+    *,
+    on_nonfinite: Literal["raise", "record"] = "raise",
+    fill: float = 0.0,
+) -> Scores:
+    """Check that a feedback returned exactly one finite float score per completion.
+
+    Checks: `scores` is a `Scores`; `values` is a 1-D floating tensor of length `n`; every `info` value is a
+    list of length `n`. Non-finite values (NaN, +-inf) either raise a FeedbackError naming the items
+    (`on_nonfinite="raise"`), or (`"record"`) are replaced by `fill` and flagged in `info["nonfinite"]`
+    (bool per item) so the replacement is visible downstream rather than silent.
+
+    Returns a new `Scores` whose `values` are detached float32 on the CPU; `info` is shared, not copied.
+    """
+    if on_nonfinite not in ("raise", "record"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'record', got {on_nonfinite!r}")
+    if not isinstance(scores, Scores):
+        raise FeedbackError(f"feedback must return Scores, got {type(scores).__name__}")
+    source = _source_name(scores)
+    values = scores.values
+    if not isinstance(values, Tensor):
+        raise FeedbackError(f"{source}: Scores.values must be a torch.Tensor, got {type(values).__name__}")
+    if values.dim() != 1 or values.shape[0] != n:
+        raise FeedbackError(f"{source}: expected {n} scores of shape ({n},), got shape {tuple(values.shape)}")
+    if not values.is_floating_point():
+        raise FeedbackError(f"{source}: Scores.values must be floating point, got {values.dtype}")
+    for key, items in scores.info.items():
+        if not isinstance(items, list) or len(items) != n:
+            got = f"length {len(items)}" if isinstance(items, list) else type(items).__name__
+            raise FeedbackError(f"{source}: info['{key}'] must be a list of {n} items, got {got}")
+
+    values = values.detach().to(device="cpu", dtype=torch.float32)
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        idx = bad.nonzero().flatten().tolist()
+        if on_nonfinite == "raise":
+            shown = ", ".join(f"{i}={values[i].item()}" for i in idx[:10])
+            more = f" (+{len(idx) - 10} more)" if len(idx) > 10 else ""
+            raise FeedbackError(f"{source}: {len(idx)} of {n} scores are not finite: {shown}{more}")
+        if not math.isfinite(fill):
+            raise ValueError(f"fill must be finite, got {fill}")
+        values = torch.where(bad, torch.full_like(values, fill), values)
+        info = dict(scores.info)
+        info["nonfinite"] = bad.tolist()
+        return Scores(values, info)
+    return Scores(values, scores.info)
+
+
+def _source_name(scores: Scores) -> str:
+    sources = scores.info.get("source")
+    if isinstance(sources, list) and sources:
+        return ", ".join(sorted({str(s) for s in sources}))
+    return "feedback"

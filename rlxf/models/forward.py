@@ -1,0 +1,118 @@
+"""Per-token log-probs of completions under a causal LM, without full-vocabulary logits for the batch.
+
+Two ways to compute the same numbers:
+
+* :func:`completion_logprobs_padded` runs each ``[prompt | completion]`` row once, as a plain forward.
+* :func:`completion_logprobs` (the fast path) runs each distinct prompt once and the completions of its
+  ``n`` samples on top of a repeated KV cache. In group sampling every prompt appears ``n`` times, so
+  this avoids ``(n-1)/n`` of the prompt tokens; gradients flow through the cached keys and values into the
+  prompt's computation exactly as in the padded forward (differential test in tests/models).
+
+Both feed the decoder's last hidden states to :func:`rlxf.ops.logprobs_from_hidden`, which fuses the LM head
+with the log-softmax chunk by chunk, so no ``(N, T, V)`` float32 tensor ever exists.
+"""
+from __future__ import annotations
+
+import torch
+
+from rlxf.ops import logprobs_from_hidden
+from rlxf.rollout.base import pad_left
+
+
+def _decoder_and_head(model):
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "bias", None) is not None:
+        raise ValueError("completion_logprobs needs a bias-free linear LM head (logits = hidden @ W.T)")
+    for attr in ("final_logit_softcapping", "logit_scale"):
+        if getattr(model.config, attr, None) not in (None, 1.0):
+            raise ValueError(f"models with config.{attr} are not supported by the fused log-prob path")
+    return model.get_decoder(), head.weight
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def completion_logprobs(
+    model,
+    prompt_ids: list[list[int]],
+    completion_ids: torch.Tensor,
+    *,
+    n: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``completion_ids`` given their prompts, prefilling each distinct prompt once.
+
+    Args:
+        prompt_ids: ``P`` prompts as token lists.
+        completion_ids: ``(P * n, T)`` long; rows ``p*n .. p*n+n-1`` answer prompt ``p``. Positions after a
+            completion's end may hold anything: their log-probs are computed but callers mask them.
+        n: completions per prompt.
+        temperature: log-probs of ``softmax(logits / temperature)``, matching the sampler.
+
+    Returns:
+        ``(logps (P*n, T) float32, entropy (P*n, T) float32 or None)``.
+    """
+    from transformers import DynamicCache
+
+    decoder, weight = _decoder_and_head(model)
+    device = weight.device
+    rows, width = completion_ids.shape
+    if rows != len(prompt_ids) * n:
+        raise ValueError(f"completion_ids has {rows} rows but {len(prompt_ids)} prompts x n={n} were given")
+    ids, attn = pad_left(prompt_ids, pad_token_id)
+    ids, attn = ids.to(device), attn.to(device)
+    cache = DynamicCache(config=model.config)
+    prefix = decoder(
+        input_ids=ids, attention_mask=attn.long(), position_ids=_positions(attn), past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state[:, -1:, :]  # predicts each completion's first token
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+        prefix = prefix.repeat_interleave(n, dim=0)
+        attn = attn.repeat_interleave(n, dim=0)
+    completion_ids = completion_ids.to(device)
+    hidden = prefix
+    if width > 1:
+        full_attn = torch.cat([attn, torch.ones((rows, width - 1), dtype=attn.dtype, device=device)], dim=1)
+        start = attn.sum(dim=1, keepdim=True)
+        positions = start + torch.arange(width - 1, device=device)[None, :]
+        body = decoder(
+            input_ids=completion_ids[:, :-1], attention_mask=full_attn.long(), position_ids=positions,
+            past_key_values=cache, use_cache=True,
+        ).last_hidden_state
+        hidden = torch.cat([prefix, body], dim=1)
+    return logprobs_from_hidden(
+        hidden, weight, completion_ids, chunk_size=chunk_size, temperature=temperature, with_entropy=with_entropy
+    )
+
+
+def completion_logprobs_padded(
+    model,
+    prompt_ids: list[list[int]],
+    completion_ids: torch.Tensor,
+    *,
+    n: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reference path: one forward over every ``[left-padded prompt | completion]`` row (same contract)."""
+    decoder, weight = _decoder_and_head(model)
+    device = weight.device
+    rows, width = completion_ids.shape
+    repeated = [p for p in prompt_ids for _ in range(n)]
+    ids, attn = pad_left(repeated, pad_token_id)
+    ids = torch.cat([ids.to(device), completion_ids.to(device)], dim=1)
+    attn = torch.cat([attn.to(device), torch.ones((rows, width), dtype=torch.bool, device=device)], dim=1)
+    hidden = decoder(input_ids=ids, attention_mask=attn.long(), position_ids=_positions(attn)).last_hidden_state
+    start = ids.shape[1] - width - 1
+    hidden = hidden[:, start:start + width, :]
+    return logprobs_from_hidden(
+        hidden, weight, completion_ids.to(device), chunk_size=chunk_size, temperature=temperature,
+        with_entropy=with_entropy,
+    )

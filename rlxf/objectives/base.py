@@ -1,0 +1,66 @@
+"""What every loss returns, and the entry checks every loss runs."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from rlxf.ops import masked_mean
+
+__all__ = ["LossOutput", "check_token_tensors", "expand_advantages", "masked_metric", "masked_max_metric"]
+
+
+class LossOutput(NamedTuple):
+    """`loss`: unreduced per-token `(B, T)` float32, 0 at masked positions (the recipe reduces it with
+    `rlxf.ops.aggregate`); `metrics`: detached float32 scalars, already masked-averaged over tokens."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+
+
+def check_token_tensors(mask: Tensor, **tensors: Tensor | None) -> None:
+    """Raise ValueError unless `mask` is bool `(B, T)` and each tensor given is a float `(B, T)`."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be (B, T), got shape {tuple(mask.shape)}")
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if tensor.shape != mask.shape:
+            raise ValueError(
+                f"{name} must be (B, T) = {tuple(mask.shape)} like mask, got shape {tuple(tensor.shape)}"
+            )
+        if not tensor.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a float tensor, got dtype {tensor.dtype}")
+
+
+def expand_advantages(advantages: Tensor, mask: Tensor) -> Tensor:
+    """Advantages `(B,)` (one per sequence) or `(B, T)` (per token) as a float32 `(B, T)` tensor."""
+    batch, length = mask.shape
+    if advantages.shape == (batch,):
+        return advantages.float().unsqueeze(1).expand(batch, length)
+    if advantages.shape == (batch, length):
+        return advantages.float()
+    raise ValueError(
+        f"advantages must be (B,) = ({batch},) or (B, T) = {(batch, length)}, "
+        f"got shape {tuple(advantages.shape)}"
+    )
+
+
+@torch.no_grad()
+def masked_metric(x: Tensor, mask: Tensor) -> Tensor:
+    """Detached masked mean over all tokens (0 when there are none)."""
+    return masked_mean(x.detach(), mask)
+
+
+@torch.no_grad()
+def masked_max_metric(x: Tensor, mask: Tensor, *, empty: float = 0.0) -> Tensor:
+    """Detached max over the masked-in entries (`empty` when there are none). No host sync."""
+    empty_value = torch.tensor(empty, dtype=torch.float32, device=x.device)
+    if x.numel() == 0:
+        return empty_value
+    largest = torch.where(mask, x.detach().float(), float("-inf")).amax()
+    return torch.where(mask.any(), largest, empty_value)

@@ -1,0 +1,33 @@
+"""Tensor maths shared by every loss and recipe: log-probs, masked reductions, KL estimators, advantages.
+
+Imports only torch. Per-token tensors are `(B, T)`; masks are bool `(B, T)`, True where a value counts;
+results are float32.
+"""
+
+from rlxf.ops.advantages import ADVANTAGE_ESTIMATORS, gae, group_center, group_zscore, leave_one_out
+from rlxf.ops.aggregate import AGGREGATION_MODES, aggregate, aggregate_denominator
+from rlxf.ops.kl import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3
+from rlxf.ops.logprobs import entropy_from_logits, logprobs_from_hidden, logprobs_from_logits
+from rlxf.ops.masked import masked_mean, masked_sum, masked_var, masked_whiten
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AGGREGATION_MODES",
+    "KL_ESTIMATORS",
+    "aggregate",
+    "aggregate_denominator",
+    "entropy_from_logits",
+    "gae",
+    "group_center",
+    "group_zscore",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "leave_one_out",
+    "logprobs_from_hidden",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+]

@@ -1,0 +1,139 @@
+"""Checkpoints that resume exactly: model, optimizer, scheduler, RNG states and the data position.
+
+Everything is safetensors or JSON (no pickle): a checkpoint directory holds
+
+* ``model/``: ``save_pretrained`` output (safetensors + tokenizer), loadable by ``AutoModelForCausalLM``;
+* ``optimizer.safetensors``: every optimizer state tensor, keyed ``state.<param index>.<name>``;
+* ``rng.safetensors``: the torch CPU RNG, CUDA RNG (if any) and the recipe's sampling ``torch.Generator``;
+* ``trainer_state.json``: step, data position, clocks, optimizer param groups, scheduler state, python and
+  numpy RNG states and the recipe's own counters.
+
+A checkpoint is written to ``<name>.tmp`` and renamed, so a crash while saving never leaves a checkpoint
+that looks complete but is not.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            tensor = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"state.{index}.{name}"] = tensor.detach().cpu().contiguous()
+    return tensors, state["param_groups"]
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list):
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _numpy_state() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _python_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model,
+    tokenizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    sampling_rng: torch.Generator,
+    trainer_state: dict[str, Any],
+) -> Path:
+    """Write a complete checkpoint directory at ``path`` (atomically replaced if it exists)."""
+    from rlxf.models import save_policy
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_policy(model, tokenizer, tmp / "model")
+    tensors, groups = _optimizer_tensors(optimizer)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    rng = {"torch": torch.get_rng_state(), "sampling": sampling_rng.get_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"cuda.{i}"] = s
+    save_file(rng, str(tmp / "rng.safetensors"))
+    state = {
+        **trainer_state,
+        "optimizer_param_groups": groups,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "python_rng": _python_state(),
+        "numpy_rng": _numpy_state(),
+    }
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    sampling_rng: torch.Generator,
+) -> dict[str, Any]:
+    """Restore everything :func:`save_checkpoint` wrote into live objects; returns the trainer state."""
+    from safetensors.torch import load_file as load_weights
+
+    path = Path(path)
+    state = json.loads((path / "trainer_state.json").read_text())
+    weights = load_weights(str(path / "model" / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # Tied LM heads are saved once; anything else missing means the checkpoint does not fit the model.
+    tied = {k for k in missing if k.endswith("lm_head.weight") and model.config.tie_word_embeddings}
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"checkpoint {path} does not match the model: missing={missing} unexpected={unexpected}")
+    _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer_param_groups"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    rng = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    sampling_rng.set_state(rng["sampling"])
+    if torch.cuda.is_available():
+        cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = state["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy_rng"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    return state
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete ``checkpoints/step-*`` directory of a run, or None."""
+    root = Path(run_dir) / "checkpoints"
+    steps = sorted(
+        (int(p.name.split("-")[1]), p) for p in root.glob("step-*")
+        if not p.name.endswith(".tmp") and (p / "trainer_state.json").exists()
+    )
+    return steps[-1][1] if steps else None

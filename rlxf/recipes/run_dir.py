@@ -1,0 +1,63 @@
+"""A run directory: resolved config, metrics as JSONL, plots, checkpoints, final weights and a status file.
+
+``status.json`` says ``running`` while a run is in progress and ``complete``, ``stopped`` or ``failed`` at
+the end, so a directory left by a crash never looks like a finished run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.plots = self.path / "plots"
+        self.checkpoints = self.path / "checkpoints"
+        self.final = self.path / "final"
+
+    def create(self, config_yaml: str, *, resume: bool = False) -> RunDir:
+        if self.path.exists() and not resume and any(self.path.iterdir()):
+            raise FileExistsError(f"run directory {self.path} already exists; pick another run_name or resume")
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "config.yaml").write_text(config_yaml)
+        self.set_status("running")
+        return self
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        record = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        tmp = self.path / "status.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1, default=_jsonable))
+        tmp.replace(self.path / "status.json")
+
+    def status(self) -> dict[str, Any] | None:
+        p = self.path / "status.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record, default=_jsonable) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop records of steps beyond a checkpoint before resuming, so every step is logged once."""
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= after_step]
+        self.metrics_path.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in kept))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,57 @@
+"""The objective registry (rlxf.objectives.registry)."""
+
+import inspect
+
+import pytest
+
+from rlxf.objectives import (
+    OBJECTIVES,
+    get_objective,
+    grpo_loss,
+    list_objectives,
+    ppo_clip_loss,
+    register,
+    reinforce_loss,
+    rloo_loss,
+)
+from rlxf.ops import AGGREGATION_MODES
+
+TENSOR_KEYWORDS = {"policy_logps", "old_logps", "ref_logps", "advantages", "mask"}
+
+
+def test_names_and_lookup():
+    assert list_objectives() == ["grpo", "ppo_clip", "reinforce", "rloo"]
+    assert get_objective("grpo") is grpo_loss and get_objective("ppo_clip") is ppo_clip_loss
+    assert get_objective("reinforce") is reinforce_loss and get_objective("rloo") is rloo_loss
+    assert set(OBJECTIVES) == set(list_objectives())
+
+
+def test_unknown_name_lists_registered():
+    with pytest.raises(KeyError, match="grpo, ppo_clip, reinforce, rloo"):
+        get_objective("gpro")
+
+
+def test_default_aggregation_and_signatures():
+    """Each loss declares the paper's normalisation; recipes pass tensors by these keywords and
+    hyperparameters are keyword-only."""
+    expected = {
+        "grpo": "seq_mean_token_mean",
+        "ppo_clip": "token_mean",
+        "reinforce": "seq_mean_token_sum",
+        "rloo": "seq_mean_token_sum",
+    }
+    for name, fn in OBJECTIVES.items():
+        assert fn.default_aggregation == expected[name] and fn.default_aggregation in AGGREGATION_MODES
+        params = inspect.signature(fn).parameters.values()
+        for p in params:
+            if p.name not in TENSOR_KEYWORDS - {"ref_logps"}:
+                assert p.kind is inspect.Parameter.KEYWORD_ONLY, (name, p.name)
+        assert {"policy_logps", "advantages", "mask"} <= {p.name for p in params}
+
+
+def test_duplicate_and_bad_registration():
+    with pytest.raises(ValueError, match="already registered"):
+        register("grpo")(lambda: None)
+    with pytest.raises(ValueError, match="aggregation"):
+        register("new_loss", default_aggregation="mean")
+    assert "new_loss" not in OBJECTIVES
