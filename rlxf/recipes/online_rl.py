@@ -85,8 +85,13 @@ class Config:
     weight_decay: float = option(0.0, "AdamW weight decay.")
     max_grad_norm: float = option(1.0, "Gradient norm clip.")
     micro_batch_groups: int = option(0, "Prompt groups per forward/backward (0 = all at once).")
-    precision: Literal["bf16", "fp32"] = option("bf16", "Training forward/backward: bf16 autocast or fp32.")
-    generation_precision: Literal["bf16", "fp32"] = option("fp32", "Sampling forward precision.")
+    precision: Literal["auto", "bf16", "fp32"] = option(
+        "auto", "Training forward/backward: bf16 autocast or fp32; auto = bf16 where it is faster (CUDA, AMX CPUs)."
+    )
+    generation_precision: Literal["auto", "bf16", "fp32"] = option("fp32", "Sampling forward precision.")
+    weight_layout: Literal["auto", "kn", "default"] = option(
+        "auto", "CPU linear-weight storage; kn (transposed) speeds up small-batch decoding. auto = kn on CPU."
+    )
     # budget and bookkeeping
     max_steps: int = option(1000, "Stop after this many optimizer steps.")
     time_budget_s: float = option(
@@ -212,6 +217,14 @@ class _Trainer:
         torch.manual_seed(config.seed)
         self.model, self.tokenizer = load_policy(config.model, device=self.device, seed=config.seed)
         self.model.train()
+        from rlxf.models.layout import bf16_is_faster, use_kn_layout
+
+        if config.weight_layout == "kn" or (config.weight_layout == "auto" and self.device.type == "cpu"):
+            use_kn_layout(self.model)  # before the optimizer is built: parameters are replaced
+        fast_bf16 = bf16_is_faster(self.device) if "auto" in (config.precision, config.generation_precision) else False
+        self.precision = config.precision if config.precision != "auto" else ("bf16" if fast_bf16 else "fp32")
+        generation_precision = (config.generation_precision if config.generation_precision != "auto"
+                                else ("bf16" if fast_bf16 else "fp32"))
         if hasattr(self.model.config, "use_cache"):
             self.model.config.use_cache = False
         self.reference = None
@@ -222,13 +235,13 @@ class _Trainer:
         self.pad_id = self.tokenizer.pad_token_id
         self.generator = TransformersGenerator(
             self.model, eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,
-            autocast_dtype=torch.bfloat16 if config.generation_precision == "bf16" else None,
+            autocast_dtype=torch.bfloat16 if generation_precision == "bf16" else None,
         )
         self.sampling_rng = torch.Generator(device=self.device).manual_seed(config.seed)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay,
-            foreach=True,
+            fused=True,  # one kernel over all parameters: 4x faster than foreach on CPU here
         )
         warmup = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -269,7 +282,7 @@ class _Trainer:
     def _policy_logps(self, model, prompt_ids, completion_ids, n, *, with_entropy=False):
         from rlxf.models.forward import completion_logprobs
 
-        with _autocast(self.device, self.config.precision):
+        with _autocast(self.device, self.precision):
             return completion_logprobs(
                 model, prompt_ids, completion_ids, n=n, pad_token_id=self.pad_id,
                 temperature=self.config.temperature, with_entropy=with_entropy,
@@ -313,6 +326,7 @@ class _Trainer:
                                  **self.loss_kwargs)
             loss = aggregate(out.loss, mask, self.aggregation, denominator=denominator)
             if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)  # earlier micro-batches' gradients must not leak
                 return {"nonfinite": 1.0, "loss": float("nan")}
             loss.backward()
             total_loss += float(loss.detach())

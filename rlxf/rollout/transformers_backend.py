@@ -83,10 +83,7 @@ class TransformersGenerator:
         length = 0
         for t in range(max_new_tokens):
             scores = torch.log_softmax(logits.float() / (1.0 if greedy else temperature), dim=-1)
-            if greedy:
-                token = scores.argmax(dim=-1)
-            else:
-                token = torch.multinomial(scores.exp(), 1, generator=rng).squeeze(1)
+            token = scores.argmax(dim=-1) if greedy else sample_categorical(scores, rng)
             token = torch.where(alive, token, torch.full_like(token, self.pad_token_id))
             tokens[:, t] = token
             logps[:, t] = torch.where(alive, scores.gather(1, token[:, None]).squeeze(1), 0.0)
@@ -109,6 +106,17 @@ class TransformersGenerator:
             prompt_ids=[list(p) for p in prompt_ids], completion_ids=tokens.cpu(), completion_mask=mask.cpu(),
             sampler_logps=logps.cpu(), finished=finished.cpu(), n=n,
         )
+
+
+def sample_categorical(logps: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """One draw per row from ``exp(logps)`` ``(B, V)`` by inverse CDF: ``(B,)`` long.
+
+    ``torch.multinomial`` costs ~56 ms for 32 x 49k on one CPU thread, a float64 cumsum + searchsorted ~3 ms.
+    ``right=True`` returns the first index whose CDF exceeds ``u``, so zero-probability tokens are never drawn.
+    """
+    cdf = logps.exp().double().cumsum(dim=-1)
+    u = torch.rand((logps.shape[0], 1), generator=rng, dtype=torch.float64, device=logps.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=logps.shape[1] - 1).squeeze(1)
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
