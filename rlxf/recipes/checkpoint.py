@@ -41,6 +41,14 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
         _, index, name = key.split(".", 2)
         state.setdefault(int(index), {})[name] = tensor
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+    # Saved tensors come back contiguous, but a parameter may be a transposed view (rlxf.models.layout).
+    # Fused AdamW walks param, grad and moments as flat buffers, so mismatched strides would pair each
+    # element with another element's moments: give every moment its parameter's strides.
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _numpy_state() -> list:

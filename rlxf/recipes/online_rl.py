@@ -129,7 +129,7 @@ def _autocast(device: torch.device, precision: str):
 
 def _load_rows(config: Config) -> tuple[list[dict], list[dict]]:
     """Training and held-out rows, validated before anything is created on disk."""
-    from rlxf.data import arithmetic_rows, load_prompts
+    from rlxf.data import DataError, arithmetic_rows, load_prompts
 
     if config.prompts == "arithmetic":
         train = arithmetic_rows(config.prompts_per_step * config.max_steps, seed=config.train_seed)
@@ -142,7 +142,9 @@ def _load_rows(config: Config) -> tuple[list[dict], list[dict]]:
     else:
         held_out = []
     if len(train) < config.prompts_per_step:
-        raise ValueError(f"{config.prompts}: {len(train)} prompts, fewer than prompts_per_step")
+        raise DataError(
+            f"{config.prompts}: {len(train)} prompts, fewer than prompts_per_step={config.prompts_per_step}"
+        )
     return train, held_out
 
 
@@ -159,6 +161,22 @@ def _step_rows(rows: list[dict], step: int, per_step: int, seed: int) -> list[di
             random.Random(seed * 1_000_003 + epoch).shuffle(order)
         out.append(rows[order[pos]])
     return out
+
+
+def _group_advantages(estimator, rewards: torch.Tensor, finite: torch.Tensor, n: int) -> torch.Tensor:
+    """Advantages per group of ``n``, where a non-finite reward (recorded by the feedback, filled with 0)
+    must not be trained on: such rows get 0 and their group's estimator runs over its finite rewards only."""
+    advantages = estimator(rewards, n)
+    if bool(finite.all()):
+        return advantages
+    for g in torch.nonzero(~finite.view(-1, n).all(dim=1)).flatten().tolist():
+        rows = slice(g * n, (g + 1) * n)
+        ok = finite[rows]
+        group = torch.zeros(n, dtype=advantages.dtype)
+        if int(ok.sum()) >= 2:
+            group[ok] = estimator(rewards[rows][ok], int(ok.sum()))
+        advantages[rows] = group
+    return advantages
 
 
 def _loss_kwargs(fn, config: Config) -> dict[str, Any]:
@@ -479,7 +497,8 @@ def _loop(trainer: _Trainer, run_dir: RunDir) -> dict[str, Any]:
             scores, _texts = trainer.score(rows, rollout)
             t2 = time.perf_counter()
             rewards = scores.values.float()
-            advantages = trainer.advantage(rewards, rollout.n)
+            finite = ~torch.tensor(scores.info.get("nonfinite") or [False] * len(rewards), dtype=torch.bool)
+            advantages = _group_advantages(trainer.advantage, rewards, finite, rollout.n)
             metrics = trainer.train_on(prompt_ids, rollout, advantages)
             t3 = time.perf_counter()
             trainer.step += 1
@@ -489,8 +508,8 @@ def _loop(trainer: _Trainer, run_dir: RunDir) -> dict[str, Any]:
             groups = rewards.view(-1, rollout.n)
             record = {
                 "step": trainer.step,
-                "reward_mean": float(rewards.mean()),
-                "reward_std": float(rewards.std(unbiased=False)),
+                "reward_mean": float(rewards[finite].mean()) if finite.any() else math.nan,
+                "reward_std": float(rewards[finite].std(unbiased=False)) if finite.any() else math.nan,
                 "accuracy": float(np.mean(scores.info["correct"])) if "correct" in scores.info
                 else float((rewards >= 0.5).float().mean()),
                 "frac_zero_std_groups": float((groups.std(dim=1, unbiased=False) == 0).float().mean()),

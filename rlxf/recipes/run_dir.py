@@ -39,6 +39,8 @@ class RunDir:
         return json.loads(p.read_text()) if p.exists() else None
 
     def log(self, record: dict[str, Any]) -> None:
+        # json.dumps writes float NaN/inf as bare NaN/Infinity (not JSON) without consulting `default`.
+        record = {k: _jsonable(v) for k, v in record.items()}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
 

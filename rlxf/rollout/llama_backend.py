@@ -54,18 +54,19 @@ class _Layer:
     """One decoder layer's weights, each matrix ``(in, out)``-contiguous for ``x @ W``."""
 
     attn_norm: torch.Tensor  # (H,)
-    qkv: torch.Tensor  # (H, (q_heads + 2 kv_heads) * head_dim): q, k, v outputs side by side
+    q: torch.Tensor  # (H, q_heads * head_dim)
+    k: torch.Tensor  # (H, kv_heads * head_dim)
+    v: torch.Tensor  # (H, kv_heads * head_dim)
     o: torch.Tensor  # (q_heads * head_dim, H)
     mlp_norm: torch.Tensor  # (H,)
-    gate_up: torch.Tensor  # (H, 2 I): gate then up
+    gate: torch.Tensor  # (H, I)
+    up: torch.Tensor  # (H, I)
     down: torch.Tensor  # (I, H)
 
 
-def _kn(*weights: torch.Tensor) -> torch.Tensor:
-    """nn.Linear weights ``(out_i, in)`` -> one ``(in, sum out_i)``-contiguous matrix (a view when already so)."""
-    if len(weights) == 1:
-        return weights[0].detach().t().contiguous()
-    return torch.cat([w.detach().t() for w in weights], dim=1)
+def _kn(weight: torch.Tensor) -> torch.Tensor:
+    """An nn.Linear weight ``(out, in)`` as ``(in, out)``-contiguous: free for a ``use_kn_layout`` model."""
+    return weight.detach().t().contiguous()
 
 
 class FastLlamaGenerator:
@@ -99,11 +100,10 @@ class FastLlamaGenerator:
         m = self.model
         layers = [
             _Layer(
-                attn_norm=layer.input_layernorm.weight.detach(),
-                qkv=_kn(layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight),
-                o=_kn(layer.self_attn.o_proj.weight),
-                mlp_norm=layer.post_attention_layernorm.weight.detach(),
-                gate_up=_kn(layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight),
+                attn_norm=layer.input_layernorm.weight.detach(), q=_kn(layer.self_attn.q_proj.weight),
+                k=_kn(layer.self_attn.k_proj.weight), v=_kn(layer.self_attn.v_proj.weight),
+                o=_kn(layer.self_attn.o_proj.weight), mlp_norm=layer.post_attention_layernorm.weight.detach(),
+                gate=_kn(layer.mlp.gate_proj.weight), up=_kn(layer.mlp.up_proj.weight),
                 down=_kn(layer.mlp.down_proj.weight),
             )
             for layer in m.model.layers
@@ -136,22 +136,20 @@ class FastLlamaGenerator:
         qh, kvh, d = self.q_heads, self.kv_heads, self.head_dim
         group, end = qh // kvh, start + t
         for layer, (k_cache, v_cache) in zip(layers, caches, strict=True):
-            qkv = (self._norm(x, layer.attn_norm) @ layer.qkv).view(rows, t, qh + 2 * kvh, d)
-            # RoPE on q and k together (adjacent heads of one tensor): x cos + rotate_half(x) sin.
-            qk = qkv[:, :, :qh + kvh]
-            qk = qk * cos + torch.cat((-qk[..., d // 2:], qk[..., :d // 2]), dim=-1) * sin
-            k_cache[:, :, start:end] = qk[:, :, qh:].transpose(1, 2)
-            v_cache[:, :, start:end] = qkv[:, :, qh + kvh:].transpose(1, 2)
+            h = self._norm(x, layer.attn_norm)
+            q = _rope((h @ layer.q).view(rows, t, qh, d), cos, sin)
+            k_cache[:, :, start:end] = _rope((h @ layer.k).view(rows, t, kvh, d), cos, sin).transpose(1, 2)
+            v_cache[:, :, start:end] = (h @ layer.v).view(rows, t, kvh, d).transpose(1, 2)
             # Grouped-query attention without repeating K/V: the `group` query heads sharing a KV head are
             # stacked along the query axis, so one batched matmul per (row, KV head) covers them.
-            q = qk[:, :, :qh].reshape(rows, t, kvh, group, d).permute(0, 2, 3, 1, 4).reshape(rows, kvh, group * t, d)
+            q = q.view(rows, t, kvh, group, d).permute(0, 2, 3, 1, 4).reshape(rows, kvh, group * t, d)
             scores = (q @ k_cache[:, :, :end].transpose(-1, -2)).mul_(d ** -0.5)
             probs = torch.softmax(scores.view(rows, kvh, group, t, end) + bias, dim=-1)
             out = probs.view(rows, kvh, group * t, end) @ v_cache[:, :, :end]
             out = out.view(rows, kvh, group, t, d).permute(0, 3, 1, 2, 4).reshape(rows, t, qh * d)
             x = x + out @ layer.o
-            gate, up = (self._norm(x, layer.mlp_norm) @ layer.gate_up).chunk(2, dim=-1)
-            x = x + (torch.nn.functional.silu(gate) * up) @ layer.down
+            h = self._norm(x, layer.mlp_norm)
+            x = x + (torch.nn.functional.silu(h @ layer.gate) * (h @ layer.up)) @ layer.down
         return self._norm(x[:, -1], final_norm)
 
     @torch.no_grad()
@@ -231,6 +229,12 @@ class FastLlamaGenerator:
             prompt_ids=[list(p) for p in prompt_ids], completion_ids=tokens.cpu(), completion_mask=mask.cpu(),
             sampler_logps=logps.cpu(), finished=finished.cpu(), n=n,
         )
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x cos + rotate_half(x) sin`` for ``x (R, T, heads, d)``, as transformers' ``apply_rotary_pos_emb``."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
