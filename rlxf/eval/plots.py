@@ -25,6 +25,15 @@ def _moving_average(ys: list[float], window: int) -> list[float]:
     return out
 
 
+def _save(fig, path: Path, written: list[Path]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+
 def plot_run(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Write ``reward.png`` (training reward, raw and 10-step mean), ``accuracy.png`` (held-out accuracy with
     its 95% interval against training time) and ``length_entropy.png``; returns the paths written."""
@@ -44,10 +53,7 @@ def plot_run(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], out_dir
     ax.set(xlabel="step", ylabel="reward", title="training reward")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "reward.png", dpi=110)
-    written.append(out / "reward.png")
-    plt.close(fig)
+    _save(fig, out / "reward.png", written)
 
     if evals:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -60,10 +66,7 @@ def plot_run(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], out_dir
         ax.set(xlabel="training time (min)", ylabel="accuracy (%)", title="held-out accuracy", ylim=(0, 100))
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "accuracy.png", dpi=110)
-        written.append(out / "accuracy.png")
-        plt.close(fig)
+        _save(fig, out / "accuracy.png", written)
 
     fig, ax1 = plt.subplots(figsize=(7, 4))
     xs, ys = _series(metrics, "completion_len")
@@ -74,8 +77,5 @@ def plot_run(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], out_dir
     ax2.plot(xs, ys, color="tab:orange", label="entropy")
     ax2.set_ylabel("entropy (nats)")
     fig.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(out / "length_entropy.png", dpi=110)
-    written.append(out / "length_entropy.png")
-    plt.close(fig)
+    _save(fig, out / "length_entropy.png", written)
     return written

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 import rlxf.objectives
 from rlxf.data import DataError
-from rlxf.feedback import Scores, register_feedback
+from rlxf.feedback import FEEDBACK, Scores
 from rlxf.models import load_policy
 from rlxf.recipes.checkpoint import latest_checkpoint
 from rlxf.recipes.online_rl import Config, _Trainer, run
@@ -166,7 +166,6 @@ def _check_run_dir(run_dir: Path, config: Config, summary: dict, copy_task):
 # ----------------------------------------------------------------------------------------------- resume
 
 
-@register_feedback("test-online-rl-varied-rewards", "a deterministic reward that differs between replies (tests)")
 class _VariedRewards:
     def __call__(self, prompts, completions, **context):
         values = [sum(map(ord, c)) % 7 / 7 for c in completions]
@@ -212,17 +211,29 @@ def test_resume_needs_a_checkpoint(copy_task, tmp_path):
 # ----------------------------------------------------------------------------------------- non-finite
 
 
-@register_feedback("test-online-rl-nan-rewards", "NaN for every completion (tests only)")
 class _NaNRewards:
     def __call__(self, prompts, completions, **context):
         return Scores(torch.full((len(completions),), math.nan), {"source": ["nan"] * len(completions)})
 
 
-@register_feedback("test-online-rl-some-nan-rewards", "NaN on odd rows, 1/0 alternating on even (tests only)")
 class _SomeNaNRewards:
     def __call__(self, prompts, completions, **context):
         values = [(1.0 if i % 4 == 0 else 0.0) if i % 2 == 0 else math.nan for i in range(len(completions))]
         return Scores(torch.tensor(values), {"source": ["some-nan"] * len(completions)})
+
+
+@pytest.fixture(autouse=True)
+def _test_feedback():
+    """Register this module's feedback sources for each test only, so the global registry stays clean.
+    Its own MonkeyPatch: tests call `monkeypatch.undo()` for their own patches mid-test."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, factory, summary in [
+            ("test-online-rl-varied-rewards", _VariedRewards, "a reward that differs between replies"),
+            ("test-online-rl-nan-rewards", _NaNRewards, "NaN for every completion"),
+            ("test-online-rl-some-nan-rewards", _SomeNaNRewards, "NaN on odd rows, 1/0 alternating on even"),
+        ]:
+            patch.setitem(FEEDBACK, name, (factory, summary))
+        yield
 
 
 def test_nonfinite_rewards_are_recorded_not_trained_on(copy_task, tmp_path):
