@@ -9,12 +9,21 @@ from torch import Tensor
 
 from rlxf.ops import masked_mean
 
-__all__ = ["LossOutput", "check_token_tensors", "expand_advantages", "masked_metric", "masked_max_metric"]
+__all__ = [
+    "LossOutput",
+    "check_pair_tensors",
+    "check_token_tensors",
+    "expand_advantages",
+    "masked_max_metric",
+    "masked_metric",
+    "pair_metrics",
+]
 
 
 class LossOutput(NamedTuple):
-    """`loss`: unreduced per-token `(B, T)` float32, 0 at masked positions (the recipe reduces it with
-    `rlxf.ops.aggregate`); `metrics`: detached float32 scalars, already masked-averaged over tokens."""
+    """`loss`: unreduced float32, per token `(B, T)` with 0 at masked positions for policy-gradient losses (the
+    recipe reduces it with `rlxf.ops.aggregate`), per row `(B,)` for sequence-level losses (the recipe takes
+    the mean); `metrics`: detached float32 scalars, already averaged over tokens or rows."""
 
     loss: Tensor
     metrics: dict[str, Tensor]
@@ -64,3 +73,36 @@ def masked_max_metric(x: Tensor, mask: Tensor, *, empty: float = 0.0) -> Tensor:
         return empty_value
     largest = torch.where(mask, x.detach().float(), float("-inf")).amax()
     return torch.where(mask.any(), largest, empty_value)
+
+
+def check_pair_tensors(**tensors: Tensor | None) -> int:
+    """Raise ValueError unless every tensor given is a float `(B,)` with one common B; return B."""
+    batch = None
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if tensor.dim() != 1:
+            raise ValueError(f"{name} must be (B,), got shape {tuple(tensor.shape)}")
+        if not tensor.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a float tensor, got dtype {tensor.dtype}")
+        if batch is None:
+            batch = tensor.shape[0]
+        elif tensor.shape[0] != batch:
+            raise ValueError(f"{name} has {tensor.shape[0]} rows, expected B = {batch} like the other inputs")
+    if batch is None:
+        raise ValueError("no tensors given")
+    return batch
+
+
+@torch.no_grad()
+def pair_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
+    """The metrics every preference loss reports, from its implicit rewards `(B,)`: means of the chosen and
+    rejected rewards, of the margin r_w - r_l, and the fraction of pairs with r_w > r_l (ties count 0)."""
+    chosen, rejected = chosen_rewards.detach().float(), rejected_rewards.detach().float()
+    margin = chosen - rejected
+    return {
+        "chosen_reward": chosen.mean(),
+        "rejected_reward": rejected.mean(),
+        "reward_margin": margin.mean(),
+        "reward_accuracy": (margin > 0).float().mean(),
+    }

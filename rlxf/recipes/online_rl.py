@@ -222,6 +222,11 @@ class _Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.objective = get_objective(config.objective)
+        if getattr(self.objective, "kind", "policy_gradient") != "policy_gradient":
+            raise ValueError(
+                f"objective {config.objective!r} is a {self.objective.kind} loss; the online RL recipe takes "
+                f"policy-gradient losses (see `rlxf list`); offline preference losses run with `rlxf train dpo`"
+            )
         self.loss_kwargs = _loss_kwargs(self.objective, config)
         self.aggregation = config.aggregation or self.objective.default_aggregation
         if config.advantage not in ADVANTAGE_ESTIMATORS:

@@ -14,13 +14,14 @@ from rlxf.objectives import (
     reinforce_loss,
     rloo_loss,
 )
+from rlxf.objectives.registry import OBJECTIVE_KINDS
 from rlxf.ops import AGGREGATION_MODES
 
 TENSOR_KEYWORDS = {"policy_logps", "old_logps", "ref_logps", "advantages", "mask"}
 
 
 def test_names_and_lookup():
-    assert list_objectives() == ["grpo", "ppo_clip", "reinforce", "rloo"]
+    assert list_objectives(kind="policy_gradient") == ["grpo", "ppo_clip", "reinforce", "rloo"]
     assert get_objective("grpo") is grpo_loss and get_objective("ppo_clip") is ppo_clip_loss
     assert get_objective("reinforce") is reinforce_loss and get_objective("rloo") is rloo_loss
     assert set(OBJECTIVES) == set(list_objectives())
@@ -28,7 +29,14 @@ def test_names_and_lookup():
 
 def test_unknown_name_lists_registered():
     with pytest.raises(KeyError, match="grpo, ppo_clip, reinforce, rloo"):
-        get_objective("gpro")
+        get_objective("gpro", kind="policy_gradient")
+
+
+def test_kind_filter_refuses_other_kinds():
+    with pytest.raises(KeyError, match="unknown preference objective 'grpo'"):
+        get_objective("grpo", kind="preference")
+    with pytest.raises(ValueError, match="unknown objective kind"):
+        register("x", kind="nope")
 
 
 def test_default_aggregation_and_signatures():
@@ -40,13 +48,21 @@ def test_default_aggregation_and_signatures():
         "reinforce": "seq_mean_token_sum",
         "rloo": "seq_mean_token_sum",
     }
-    for name, fn in OBJECTIVES.items():
+    for name in list_objectives(kind="policy_gradient"):
+        fn = OBJECTIVES[name]
         assert fn.default_aggregation == expected[name] and fn.default_aggregation in AGGREGATION_MODES
         params = inspect.signature(fn).parameters.values()
         for p in params:
             if p.name not in TENSOR_KEYWORDS - {"ref_logps"}:
                 assert p.kind is inspect.Parameter.KEYWORD_ONLY, (name, p.name)
         assert {"policy_logps", "advantages", "mask"} <= {p.name for p in params}
+
+
+def test_sequence_level_kinds_have_no_aggregation():
+    for name, fn in OBJECTIVES.items():
+        assert fn.kind in OBJECTIVE_KINDS and fn.registered_name == name
+        if fn.kind != "policy_gradient":
+            assert fn.default_aggregation is None
 
 
 def test_duplicate_and_bad_registration():
