@@ -4,17 +4,75 @@ Imports only `rlxf.ops` and torch. `OBJECTIVES` / `get_objective(name)` map conf
 """
 
 from rlxf.objectives.base import LossOutput
+from rlxf.objectives.cpl import cpl_loss
+from rlxf.objectives.cringe import cringe_pairwise_loss
+from rlxf.objectives.group_robust import group_mean_losses, group_robust_dpo_loss, update_group_weights
+from rlxf.objectives.kto import kto_loss
 from rlxf.objectives.policy_gradient import grpo_loss, ppo_clip_loss, reinforce_loss, rloo_loss
+from rlxf.objectives.preference import (
+    FDPO_DIVERGENCES,
+    cdpo_loss,
+    discopop_loss,
+    dpo_loss,
+    fdpo_alpha_loss,
+    fdpo_forward_kl_loss,
+    fdpo_js_loss,
+    fdpo_loss,
+    fdpo_reverse_kl_loss,
+    hdpo_loss,
+    hinge_loss,
+    ipo_loss,
+    mmpo_loss,
+    orpo_loss,
+    robust_dpo_loss,
+    rpo_loss,
+    simpo_loss,
+)
 from rlxf.objectives.registry import OBJECTIVES, get_objective, list_objectives, register
+from rlxf.objectives.reward_model import (
+    bradley_terry_loss,
+    pinball_loss,
+    quantile_bt_loss,
+    reward_centering_penalty,
+    soft_bt_loss,
+)
 
 __all__ = [
     "OBJECTIVES",
     "LossOutput",
+    "cpl_loss",
+    "cringe_pairwise_loss",
+    "FDPO_DIVERGENCES",
+    "cdpo_loss",
+    "discopop_loss",
+    "dpo_loss",
+    "fdpo_alpha_loss",
+    "fdpo_forward_kl_loss",
+    "fdpo_js_loss",
+    "fdpo_loss",
+    "fdpo_reverse_kl_loss",
+    "hdpo_loss",
+    "hinge_loss",
+    "ipo_loss",
+    "mmpo_loss",
+    "orpo_loss",
+    "robust_dpo_loss",
+    "rpo_loss",
+    "simpo_loss",
     "get_objective",
     "grpo_loss",
+    "group_mean_losses",
+    "group_robust_dpo_loss",
+    "kto_loss",
     "list_objectives",
     "ppo_clip_loss",
     "register",
     "reinforce_loss",
     "rloo_loss",
+    "update_group_weights",
+    "bradley_terry_loss",
+    "pinball_loss",
+    "quantile_bt_loss",
+    "reward_centering_penalty",
+    "soft_bt_loss",
 ]
