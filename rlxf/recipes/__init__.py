@@ -29,4 +29,14 @@ RECIPES: dict[str, RecipeEntry] = {
         "rloo.yaml",
         "Online RL with leave-one-out baselines (RLOO) on the same job as grpo.",
     ),
+    "dpo": RecipeEntry(
+        "rlxf.recipes.preference",
+        "dpo.yaml",
+        "Offline preference optimisation (DPO; objective=ipo/simpo/kto/...): SmolLM2 + LoRA on 512 HH pairs.",
+    ),
+    "reward-model": RecipeEntry(
+        "rlxf.recipes.reward_model",
+        "reward_model.yaml",
+        "Reward model (Bradley-Terry/soft/quantile, ensembles): frozen MiniLM features + heads on HH harmless.",
+    ),
 }

@@ -57,7 +57,9 @@ class Config:
     eval_prompts: str | None = option(
         None, "JSONL file of held-out rows; default for prompts=arithmetic: eval_size problems from eval_seed."
     )
-    feedback: str = option("arithmetic", "Feedback source by name (see `rlxf list`).")
+    feedback: str = option(
+        "arithmetic", "Feedback: name, name:arg or name:key=value,... (e.g. math:answer_key=ground_truth; `rlxf list`)."
+    )
     train_seed: int = option(1, "Seed of the arithmetic training pool (the anchor uses 1).")
     eval_seed: int = option(12345, "Seed of the arithmetic held-out set (the anchor uses 12345).")
     eval_size: int = option(200, "Held-out problems for accuracy (arithmetic).")
@@ -211,7 +213,7 @@ class _Trainer:
     """State of one run; ``run()`` below is the loop, read top to bottom."""
 
     def __init__(self, config: Config):
-        from rlxf.feedback import make_feedback
+        from rlxf.feedback import make_feedback_from_spec
         from rlxf.models import load_policy
         from rlxf.objectives import get_objective
         from rlxf.ops import ADVANTAGE_ESTIMATORS
@@ -232,7 +234,7 @@ class _Trainer:
         if config.advantage not in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"unknown advantage {config.advantage!r}; one of {sorted(ADVANTAGE_ESTIMATORS)}")
         self.advantage = ADVANTAGE_ESTIMATORS[config.advantage]
-        self.feedback = make_feedback(config.feedback)
+        self.feedback = make_feedback_from_spec(config.feedback)
         self.train_rows, self.eval_rows = _load_rows(config)
 
         random.seed(config.seed)
@@ -299,7 +301,9 @@ class _Trainer:
 
         texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in rollout.completion_token_lists()]
         prompts = [r.get("prompt", "") for r in rows for _ in range(rollout.n)]
-        scores = self.feedback(prompts, texts, **context_of(rows, rollout.n))
+        # Token counts of the sampled completions, for length-aware feedback (e.g. length_penalty).
+        context = {**context_of(rows, rollout.n), "completion_tokens": rollout.lengths.tolist()}
+        scores = self.feedback(prompts, texts, **context)
         return validate_scores(scores, len(texts), on_nonfinite="record"), texts
 
     def _policy_logps(self, model, prompt_ids, completion_ids, n, *, with_entropy=False):
@@ -521,6 +525,9 @@ def _loop(trainer: _Trainer, run_dir: RunDir) -> dict[str, Any]:
                 "completion_len": float(rollout.lengths.float().mean()),
                 "truncated_frac": float((~rollout.finished).float().mean()),
                 "feedback_nonfinite": int(sum(scores.info.get("nonfinite", []) or [0])),
+                # Contained feedback (sandboxed code, user reward functions) records these per item.
+                "feedback_timeouts": sum(bool(t) for t in scores.info.get("timeout", [])),
+                "feedback_errors": sum(e is not None and e is not False for e in scores.info.get("error", [])),
                 "skipped_nonfinite": int(nonfinite),
                 "lr": trainer.scheduler.get_last_lr()[0],
                 **metrics,

@@ -32,7 +32,8 @@ from rlxf.recipes.online_rl import Config, _Trainer, run
 # so every held-out prompt combines a template and a digit that were both trained on, never together.
 TEMPLATES = ["{d}", "Say {d}", "{d}!", "say {d}", "{d} ok", "Echo {d}", "{d}?", "Copy {d}"]
 ALWAYS = ("step", "reward_mean", "reward_std", "accuracy", "frac_zero_std_groups", "completion_len",
-          "truncated_frac", "feedback_nonfinite", "skipped_nonfinite", "lr", "loss", "trained_groups",
+          "truncated_frac", "feedback_nonfinite", "feedback_timeouts", "feedback_errors", "skipped_nonfinite", "lr",
+          "loss", "trained_groups",
           "seconds_generation", "seconds_feedback", "seconds_training", "seconds_step", "train_seconds")
 WHEN_TRAINED = ("entropy", "sampler_logp_diff", "grad_norm")
 
@@ -341,3 +342,35 @@ def test_malformed_prompt_file_fails_before_a_run_directory_exists(tmp_path):
         run(Config(model="tiny", prompts=str(good), eval_prompts=str(bad), prompts_per_step=1, output_dir=str(out),
                    progress=False))
     assert not out.exists()
+
+
+REWARD_FILE = '''
+import time
+
+
+def reward(prompt, completion, **context):
+    """Crashes on completions ending in an even digit, hangs on '9', else 1.0."""
+    text = completion.strip()
+    if text.endswith("9"):
+        time.sleep(60)
+    if text[-1:].isdigit() and int(text[-1]) % 2 == 0:
+        raise RuntimeError("user bug")
+    return 1.0
+'''
+
+
+def test_crashing_and_hanging_user_reward_is_contained(copy_task, tmp_path):
+    """A user reward function given by spec (`python_function:file.py:fn`) that raises or hangs on some
+    completions: the run completes, the bad items are counted in metrics and never trained on."""
+    path = tmp_path / "my_reward.py"
+    path.write_text(REWARD_FILE, encoding="utf-8")
+    spec = f"python_function:{path}:reward,timeout_s=2"
+    summary = run(_config(copy_task, tmp_path, "contained", feedback=spec, max_steps=3, eval_every=0))
+    assert summary["status"] == "complete"
+    records = _metrics(tmp_path / "contained")
+    assert len(records) == 3
+    errors = sum(r["feedback_errors"] for r in records)
+    timeouts = sum(r["feedback_timeouts"] for r in records)
+    nonfinite = sum(r["feedback_nonfinite"] for r in records)
+    # A timeout is also recorded as an error, and every failed item counts as a non-finite reward.
+    assert errors > timeouts > 0 and nonfinite == errors
