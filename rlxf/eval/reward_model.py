@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from rlxf.config import config_to_yaml, option
+from rlxf.config import ConfigError, config_to_yaml, option
 from rlxf.data.prompts import DataError
 from rlxf.eval import rm_metrics as M
 from rlxf.eval.stats import wilson_interval
@@ -457,13 +457,21 @@ def run(config: Config) -> dict[str, Any]:
     try:
         data, skipped = {}, {}
         for subset in config.subsets:
-            pairs, problems = load_subset(subset, config.data_dir, hh_rows=config.hh_rows,
-                                          order_seed=config.order_seed)
+            try:
+                pairs, problems = load_subset(subset, config.data_dir, hh_rows=config.hh_rows,
+                                              order_seed=config.order_seed)
+            except ValueError as e:
+                if isinstance(e, DataError):
+                    raise
+                raise ConfigError(f"subset {subset}: {e}") from None
             data[subset] = subsample(pairs, config.max_per_subset, config.sample_seed)
             if problems:
                 skipped[subset] = problems
                 print(f"{subset}: skipped {len(problems)} malformed rows: {problems}", file=sys.stderr)
-        scorer = resolve_scorer(config.scorer, config.scorer_args)
+        try:
+            scorer = resolve_scorer(config.scorer, config.scorer_args)
+        except (ValueError, TypeError) as e:  # a bad spec or argument: one line on the command line
+            raise ConfigError(f"scorer={config.scorer!r}: {e}") from None
         kind = "pairwise" if is_pairwise(scorer) else "pointwise"
         print(f"scorer {config.scorer} ({kind}); {sum(map(len, data.values()))} pairs in {len(data)} subsets",
               file=sys.stderr)

@@ -214,6 +214,19 @@ def test_cli_end_to_end_writes_tables(data, fakes, tmp_path, capsys):
     assert "scorer: test_len_reward" in (run / "config.yaml").read_text()
 
 
+def test_cli_reports_bad_scorer_and_rows_in_one_line(data, tmp_path, capsys):
+    from rlxf.cli import main
+
+    common = [f"data_dir={data}", f"output_dir={tmp_path}"]
+    assert main(["eval", "reward-model", "scorer=no_such_scorer", "subsets=llmbar_natural", "run_name=a",
+                 *common]) == 2
+    assert "rlxf: error: scorer='no_such_scorer': unknown scorer" in capsys.readouterr().err
+    assert main(["eval", "reward-model", "scorer=judge", "subsets=hh_harmless", "hh_rows=0:99", "run_name=b",
+                 *common]) == 2
+    assert "rlxf: error: subset hh_harmless: rows '0:99'" in capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "status.json").read_text())["status"] == "failed"
+
+
 def test_real_pairwise_judge_on_tiny_model(data, tmp_path):
     """The registered pairwise judge on the tiny model runs through the eval: P in [0, 1] and the per-item
     P(chosen better) is the judge's two-order average mapped through the presented order."""
