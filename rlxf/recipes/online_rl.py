@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from rlxf.config import config_from_yaml, config_to_yaml, option
-from rlxf.recipes.run_dir import RunDir
+from rlxf.recipes.run_dir import RunDir, progress_bar, resolve_device, run_recording_status
 
 
 @dataclass
@@ -115,12 +115,6 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------- set-up
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -220,7 +214,7 @@ class _Trainer:
         from rlxf.rollout import TransformersGenerator
 
         self.config = config
-        self.device = _device(config.device)
+        self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
         self.objective = get_objective(config.objective)
@@ -435,16 +429,6 @@ class _Trainer:
         self.evals = state["evals"]
 
 
-def _progress(enabled: bool, total: float, label: str):
-    """A rich progress bar (over the time budget, or steps) or a no-op stand-in."""
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), transient=False, refresh_per_second=2)
-
-
 def _fmt_eval(e: dict[str, Any]) -> str:
     lo, hi = e["ci95"]
     return f"{100 * e['accuracy']:.1f}% ({e['correct']}/{e['n']}) [95% CI {100 * lo:.1f}-{100 * hi:.1f}]"
@@ -452,7 +436,6 @@ def _fmt_eval(e: dict[str, Any]) -> str:
 
 def run(config: Config) -> dict[str, Any]:
     """Train; returns a summary dict (also written to ``<run>/summary.json``)."""
-    import json
 
     from rlxf.recipes.checkpoint import latest_checkpoint
 
@@ -473,14 +456,7 @@ def run(config: Config) -> dict[str, Any]:
         run_dir = RunDir(Path(c.output_dir) / name).create(config_to_yaml(c, recipe="online_rl"))
     print(f"run directory: {run_dir.path}")
 
-    try:
-        summary = _loop(trainer, run_dir)
-    except BaseException as exc:
-        run_dir.set_status("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
-                          step=trainer.step, error=f"{type(exc).__name__}: {exc}")
-        raise
-    (run_dir.path / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+    return run_recording_status(run_dir, lambda: _loop(trainer, run_dir), step=lambda: trainer.step)
 
 
 def _loop(trainer: _Trainer, run_dir: RunDir) -> dict[str, Any]:
@@ -493,7 +469,7 @@ def _loop(trainer: _Trainer, run_dir: RunDir) -> dict[str, Any]:
     stop_reason = "max_steps"
     step_seconds: list[float] = []
     budget = c.time_budget_s if c.time_budget_s > 0 else None
-    with _progress(c.progress, budget or c.max_steps, "train") as bar:
+    with progress_bar(c.progress) as bar:
         task = bar.add_task(c.objective, total=budget or c.max_steps, info="") if bar else None
         while trainer.step < c.max_steps:
             if budget is not None and trainer.train_clock >= budget:

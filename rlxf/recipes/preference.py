@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from rlxf.config import ConfigError, config_from_yaml, config_to_yaml, option
-from rlxf.recipes.run_dir import RunDir
+from rlxf.recipes.run_dir import RunDir, progress_bar, resolve_device, run_recording_status
 
 RECIPE = "preference"
 CACHE_VERSION = 1
@@ -124,12 +124,6 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------- set-up
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _resolve_resume(config: Config) -> Config:
@@ -414,7 +408,7 @@ class _Trainer:
         from rlxf.objectives import get_objective
 
         self.config = c = config
-        self.device = _device(c.device)
+        self.device = resolve_device(c.device)
         if c.threads:
             torch.set_num_threads(c.threads)
         try:
@@ -698,17 +692,6 @@ class _Trainer:
 # ----------------------------------------------------------------------------------------------- the loop
 
 
-def _progress(enabled: bool):
-    import contextlib
-
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), transient=False, refresh_per_second=2)
-
-
 def run(config: Config) -> dict[str, Any]:
     """Train; returns a summary dict (also written to ``<run>/summary.json``)."""
     from rlxf.recipes.checkpoint import latest_checkpoint
@@ -735,14 +718,7 @@ def run(config: Config) -> dict[str, Any]:
           f"held-out pairs ({d.format} format){f', {len(d.problems)} bad rows skipped' if d.problems else ''}; "
           f"{len(trainer.batches)} batches of {c.batch_size}, {trainer.max_steps} steps")
     print(f"reference log-probs: cache {trainer.ref_cache_status} ({trainer.ref_seconds:.1f} s)")
-    try:
-        summary = _loop(trainer, run_dir)
-    except BaseException as exc:
-        run_dir.set_status("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
-                           step=trainer.step, error=f"{type(exc).__name__}: {exc}")
-        raise
-    (run_dir.path / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+    return run_recording_status(run_dir, lambda: _loop(trainer, run_dir), step=lambda: trainer.step)
 
 
 def _loop(trainer: _Trainer, run_dir: RunDir) -> dict[str, Any]:
@@ -757,7 +733,7 @@ def _loop(trainer: _Trainer, run_dir: RunDir) -> dict[str, Any]:
     step_seconds: list[float] = []
     tokens_per_s: list[float] = []
     budget = c.time_budget_s if c.time_budget_s > 0 else None
-    with _progress(c.progress) as bar:
+    with progress_bar(c.progress) as bar:
         task = bar.add_task(c.objective, total=budget or trainer.max_steps, info="") if bar else None
         while trainer.step < trainer.max_steps:
             if budget is not None and trainer.train_clock >= budget:

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import torch
 
 from rlxf.config import config_to_yaml, option
-from rlxf.recipes.run_dir import RunDir
+from rlxf.recipes.run_dir import RunDir, resolve_device
 
 LOSSES = ("bradley_terry", "soft_bt", "quantile_bt")
 
@@ -255,12 +255,6 @@ def pair_report(qw: torch.Tensor, ql: torch.Tensor, config: Config) -> dict[str,
 # ----------------------------------------------------------------------------------------------- training
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _member_orders(n: int, members: int, epoch: int, seed: int) -> torch.Tensor:
     """One seeded permutation of the n pairs per member for this epoch: `(M, n)`."""
     orders = []
@@ -432,7 +426,7 @@ def _run(config: Config) -> dict[str, Any]:
     check_config(config)
     train, heldout, split = split_pairs(config)  # data problems surface before anything is written
     loss_fn = PairLoss(config, train)  # checks the rows carry the scores the loss needs
-    device = _device(config.device)
+    device = resolve_device(config.device)
     model = RewardModel.create(
         config.backbone, members=config.ensemble_size, quantiles=config.quantiles, max_length=config.max_length,
         bow_dim=config.bow_dim, seed=config.seed, aggregation=config.aggregation, uwo_lambda=config.uwo_lambda,

@@ -5,11 +5,15 @@ the end, so a directory left by a crash never looks like a finished run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 class RunDir:
@@ -63,3 +67,34 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def run_recording_status(run_dir: RunDir, loop: Callable[[], dict[str, Any]], *, step: Callable[[], int]) -> dict:
+    """Run ``loop()``; on any exception mark the run ``failed`` (``interrupted`` on Ctrl-C) at ``step()`` and
+    re-raise, else write its summary to ``summary.json`` and return it."""
+    try:
+        summary = loop()
+    except BaseException as exc:
+        run_dir.set_status("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                           step=step(), error=f"{type(exc).__name__}: {exc}")
+        raise
+    (run_dir.path / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def progress_bar(enabled: bool):
+    """A rich progress bar with a description, a bar, a free-text ``info`` field and the elapsed time; a no-op
+    context (yielding None) when disabled."""
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), transient=False, refresh_per_second=2)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; any other name is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
