@@ -31,7 +31,6 @@ end of a dialogue is what the reply answers), completions from the right.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
@@ -40,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlxf.data.prompts import DataError, _json_type, _messages_problems, _summary
+from rlxf.data.prompts import DataError, _json_type, _messages_problems, _summary, read_jsonl
 
 __all__ = [
     "HH_ASSISTANT",
@@ -139,12 +138,6 @@ def default_preference_data(name: str) -> Path:
     return Path(__file__).parent / "vendored" / VENDORED[name]
 
 
-def _open_lines(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    return path.open("rb")
-
-
 def load_preferences(
     path: str | Path, *, strict: bool = True, format: str | None = None
 ) -> PreferenceData:
@@ -167,31 +160,17 @@ def load_preferences(
     rows: list[Any] = []
     problems: list[str] = []
     detected = format
-    with _open_lines(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path_str}:{lineno}"
-            try:
-                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                problems.append(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{where}: bad JSON: {exc.msg} (column {exc.colno})")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"{where}: expected a JSON object, got {_json_type(obj)}")
-                continue
-            if detected is None:
-                detected = detect_format(obj)
-            row, row_problems = _PARSERS[detected](obj, where)
-            if row_problems:
-                problems.append(f"{where}: {'; '.join(row_problems)}")
-            else:
-                rows.append(row)
+    for where, obj in read_jsonl(path, problems, name=path_str):
+        if not isinstance(obj, dict):
+            problems.append(f"{where}: expected a JSON object, got {_json_type(obj)}")
+            continue
+        if detected is None:
+            detected = detect_format(obj)
+        row, row_problems = _PARSERS[detected](obj, where)
+        if row_problems:
+            problems.append(f"{where}: {'; '.join(row_problems)}")
+        else:
+            rows.append(row)
     if not rows and not problems:
         problems.append(f"{path_str}:1: no rows (the file is empty or blank)")
     if problems and (strict or not rows):

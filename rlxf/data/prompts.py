@@ -9,8 +9,9 @@ anything is trained: every bad row is reported as `file:line: problem` in one Da
 
 from __future__ import annotations
 
+import gzip
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -54,9 +55,32 @@ def load_prompts(
         raise DataError(f"{path_str}: no such file")
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
-    with path.open("rb") as f:
+    for where, row in read_jsonl(path, problems, name=path_str):
+        row_problems = _row_problems(row, require)
+        if row_problems:
+            problems.append(f"{where}: {'; '.join(row_problems)}")
+        else:
+            rows.append(row)
+    if not rows and not problems:
+        problems.append(f"{path_str}:1: no rows (the file is empty or blank)")
+    if not strict:
+        return rows, problems
+    if problems:
+        raise DataError(_summary(path_str, problems), problems)
+    return rows
+
+
+def read_jsonl(path: Path, problems: list[str], *, name: str | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield ``("file:line", value)`` for each non-blank line of a JSONL file (``.gz`` read compressed).
+
+    Lines that are not UTF-8 or not JSON are appended to ``problems`` as ``file:line: what is wrong`` and
+    skipped; the caller checks each value's shape. ``name`` is how the file is named in messages.
+    """
+    name = str(path) if name is None else name
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            where = f"{path_str}:{lineno}"
+            where = f"{name}:{lineno}"
             try:
                 text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
@@ -65,22 +89,9 @@ def load_prompts(
             if not text.strip():
                 continue
             try:
-                row = json.loads(text)
+                yield where, json.loads(text)
             except json.JSONDecodeError as exc:
                 problems.append(f"{where}: bad JSON: {exc.msg} (column {exc.colno})")
-                continue
-            row_problems = _row_problems(row, require)
-            if row_problems:
-                problems.append(f"{where}: {'; '.join(row_problems)}")
-            else:
-                rows.append(row)
-    if not rows and not problems:
-        problems.append(f"{path_str}:1: no rows (the file is empty or blank)")
-    if not strict:
-        return rows, problems
-    if problems:
-        raise DataError(_summary(path_str, problems), problems)
-    return rows
 
 
 def render_prompt(tokenizer: Any, row: dict[str, Any]) -> str:
