@@ -33,15 +33,22 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from rlxf.config import config_from_yaml, config_to_yaml, option
-from rlxf.recipes.run_dir import RunDir, progress_bar, resolve_device, run_recording_status
+from rlxf.config import config_to_yaml, option
+from rlxf.recipes.run_dir import (
+    RunDir,
+    open_run_dir,
+    progress_bar,
+    resolve_device,
+    resolve_resume,
+    run_recording_status,
+)
 
 
 @dataclass
@@ -184,20 +191,6 @@ def _loss_kwargs(fn, config: Config) -> dict[str, Any]:
     if config.beta > 0 and "beta" not in params:
         raise ValueError(f"objective {config.objective!r} has no KL term; use beta=0 or objective=grpo")
     return kwargs
-
-
-def _resolve_resume(config: Config) -> Config:
-    """On resume the run's saved config wins, except the budget fields the user may extend."""
-    if not config.resume:
-        return config
-    saved_path = Path(config.resume) / "config.yaml"
-    if not saved_path.exists():
-        raise FileNotFoundError(f"cannot resume: {saved_path} not found")
-    saved = config_from_yaml(Config, saved_path)
-    return replace(
-        saved, resume=config.resume, max_steps=config.max_steps, time_budget_s=config.time_budget_s,
-        progress=config.progress,
-    )
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -436,24 +429,11 @@ def _fmt_eval(e: dict[str, Any]) -> str:
 
 def run(config: Config) -> dict[str, Any]:
     """Train; returns a summary dict (also written to ``<run>/summary.json``)."""
-
-    from rlxf.recipes.checkpoint import latest_checkpoint
-
-    config = _resolve_resume(config)
+    config = resolve_resume(config, extendable=("max_steps", "time_budget_s", "progress"))
     trainer = _Trainer(config)  # validates data, loads the model: nothing on disk yet
     c = trainer.config
-    if c.resume:
-        run_dir = RunDir(c.resume)
-        checkpoint = latest_checkpoint(run_dir.path)
-        if checkpoint is None:
-            raise FileNotFoundError(f"cannot resume: {run_dir.path} has no complete checkpoint")
-        trainer.restore(checkpoint)
-        run_dir.create(config_to_yaml(c, recipe="online_rl"), resume=True)
-        run_dir.truncate_metrics(trainer.step)
-        print(f"resumed {run_dir.path} at step {trainer.step} ({trainer.train_clock:.0f} s trained)")
-    else:
-        name = c.run_name or f"{c.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = RunDir(Path(c.output_dir) / name).create(config_to_yaml(c, recipe="online_rl"))
+    name = f"{c.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = open_run_dir(trainer, config_to_yaml(c, recipe="online_rl"), default_name=name)
     print(f"run directory: {run_dir.path}")
 
     return run_recording_status(run_dir, lambda: _loop(trainer, run_dir), step=lambda: trainer.step)

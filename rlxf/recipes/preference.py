@@ -41,7 +41,14 @@ import numpy as np
 import torch
 
 from rlxf.config import ConfigError, config_from_yaml, config_to_yaml, option
-from rlxf.recipes.run_dir import RunDir, progress_bar, resolve_device, run_recording_status
+from rlxf.recipes.run_dir import (
+    RunDir,
+    open_run_dir,
+    progress_bar,
+    resolve_device,
+    resolve_resume,
+    run_recording_status,
+)
 
 RECIPE = "preference"
 CACHE_VERSION = 1
@@ -124,18 +131,6 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------- set-up
-
-
-def _resolve_resume(config: Config) -> Config:
-    """On resume the run's saved config wins, except the budget fields the user may extend."""
-    if not config.resume:
-        return config
-    saved_path = Path(config.resume) / "config.yaml"
-    if not saved_path.exists():
-        raise FileNotFoundError(f"cannot resume: {saved_path} not found")
-    saved = config_from_yaml(Config, saved_path)
-    return replace(saved, resume=config.resume, max_steps=config.max_steps, time_budget_s=config.time_budget_s,
-                   progress=config.progress, plots=config.plots)
 
 
 def _loss_kwargs(fn, config: Config) -> dict[str, Any]:
@@ -694,23 +689,12 @@ class _Trainer:
 
 def run(config: Config) -> dict[str, Any]:
     """Train; returns a summary dict (also written to ``<run>/summary.json``)."""
-    from rlxf.recipes.checkpoint import latest_checkpoint
-
-    config = _resolve_resume(config)
+    config = resolve_resume(config, extendable=("max_steps", "time_budget_s", "progress", "plots"))
     trainer = _Trainer(config)  # validates data, loads the model, reference log-probs: nothing on disk yet
     c = trainer.config
-    if c.resume:
-        run_dir = RunDir(c.resume)
-        checkpoint = latest_checkpoint(run_dir.path)
-        if checkpoint is None:
-            raise FileNotFoundError(f"cannot resume: {run_dir.path} has no complete checkpoint")
-        trainer.restore(checkpoint)
-        run_dir.create(config_to_yaml(c, recipe="dpo"), resume=True)
-        run_dir.truncate_metrics(trainer.step)
-        print(f"resumed {run_dir.path} at step {trainer.step} ({trainer.train_clock:.0f} s trained)")
-    else:
-        name = c.run_name or f"{c.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = RunDir(Path(c.output_dir) / name).create(config_to_yaml(c, recipe="dpo"))
+    name = f"{c.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = open_run_dir(trainer, config_to_yaml(c, recipe="dpo"), default_name=name)
+    if not c.resume:
         (run_dir.path / "eval_rows.json").write_text(json.dumps(trainer.data.eval_rows, indent=0))
     d = trainer.data
     print(f"run directory: {run_dir.path}")

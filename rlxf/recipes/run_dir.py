@@ -10,10 +10,13 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from rlxf.config import config_from_yaml
 
 
 class RunDir:
@@ -98,3 +101,34 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def resolve_resume(config: Any, *, extendable: tuple[str, ...]) -> Any:
+    """On ``resume=DIR`` the run's saved config wins, except the fields in ``extendable`` (budgets, display),
+    which the user may change; without resume, ``config`` as it is."""
+    if not config.resume:
+        return config
+    saved_path = Path(config.resume) / "config.yaml"
+    if not saved_path.exists():
+        raise FileNotFoundError(f"cannot resume: {saved_path} not found")
+    saved = config_from_yaml(type(config), saved_path)
+    return replace(saved, resume=config.resume, **{name: getattr(config, name) for name in extendable})
+
+
+def open_run_dir(trainer: Any, config_yaml: str, *, default_name: str) -> RunDir:
+    """The run directory of ``trainer.config``: on resume, the trainer is restored from the latest complete
+    checkpoint and metrics after it are dropped; else a new directory ``output_dir/(run_name or default_name)``."""
+    from rlxf.recipes.checkpoint import latest_checkpoint
+
+    c = trainer.config
+    if not c.resume:
+        return RunDir(Path(c.output_dir) / (c.run_name or default_name)).create(config_yaml)
+    run_dir = RunDir(c.resume)
+    checkpoint = latest_checkpoint(run_dir.path)
+    if checkpoint is None:
+        raise FileNotFoundError(f"cannot resume: {run_dir.path} has no complete checkpoint")
+    trainer.restore(checkpoint)
+    run_dir.create(config_yaml, resume=True)
+    run_dir.truncate_metrics(trainer.step)
+    print(f"resumed {run_dir.path} at step {trainer.step} ({trainer.train_clock:.0f} s trained)")
+    return run_dir
