@@ -296,6 +296,15 @@ def _clip(params, config: Config) -> float:
     return float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
 
 
+def _guarded_step(loss: torch.Tensor, params, optimizer, config: Config) -> None:
+    """Backward, clip, and step only when the loss and the gradient norm are finite."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = _clip(params, config)
+    if math.isfinite(float(loss.detach())) and math.isfinite(grad_norm):
+        optimizer.step()
+
+
 def train_frozen(model, train: Pairs, heldout: Pairs, config: Config, loss_fn: PairLoss, log) -> dict[str, Any]:
     """Head-only training on cached features; `log(record)` is called once per epoch."""
     device = model.head.weight.device
@@ -328,11 +337,7 @@ def _train_heads(model, fw, fl, hw, hl, config: Config, loss_fn: PairLoss, log) 
             idx = orders[:, start:start + config.batch_size]  # (M, b)
             qw, ql = model.head.forward_members(fw[idx]), model.head.forward_members(fl[idx])
             loss, metrics = loss_fn(qw, ql, idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = _clip(params, config)
-            if math.isfinite(float(loss.detach())) and math.isfinite(grad_norm):
-                optimizer.step()
+            _guarded_step(loss, params, optimizer, config)
             losses.append(float(loss.detach()) / members)
             step += 1
         with torch.no_grad():
@@ -363,11 +368,7 @@ def train_full(model, train: Pairs, heldout: Pairs, config: Config, loss_fn: Pai
             q = model.quantiles_of(texts).transpose(0, 1)  # (M, 2b, K)
             b = len(idx)
             loss, _ = loss_fn(q[:, :b], q[:, b:], idx.expand(members, b))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = _clip(params, config)
-            if math.isfinite(float(loss.detach())) and math.isfinite(grad_norm):
-                optimizer.step()
+            _guarded_step(loss, params, optimizer, config)
             losses.append(float(loss.detach()) / members)
             step += 1
         featurizer.model.eval()
