@@ -12,6 +12,7 @@ import pytest
 
 from rlxf.feedback import FeedbackError, NumericAnswerVerifier, make_feedback, validate_scores
 from rlxf.feedback.math import MathAnswerVerifier, extract_answer
+from rlxf.testing.data import gsm8k_labelled_solutions
 
 DATA = Path(__file__).resolve().parents[2] / "../shared/data"
 MATH500 = DATA / "math500_roll/math500.jsonl"
@@ -301,15 +302,7 @@ def test_math_verifier_agrees_with_gsm8k_labels():
 
     Measured: 5276/5276 (100.00%) agreement with `is_correct` (as NumericAnswerVerifier), ~10 ms per check.
     """
-    keys = ["6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification"]
-    rows = [json.loads(line) for line in GSM8K_SOLUTIONS.read_text(encoding="utf-8").splitlines()]
-    golds, replies, labels = [], [], []
-    for row in rows:
-        gold = row["ground_truth"].rsplit("A:", 1)[1].strip()
-        for key in keys:
-            golds.append(gold)
-            replies.append(row[key]["solution"])
-            labels.append(row[key]["is_correct"])
+    rows, golds, replies, labels = gsm8k_labelled_solutions(GSM8K_SOLUTIONS)
     with MathAnswerVerifier("last_number") as verifier:
         start = time.perf_counter()
         scores = verifier(["q"] * len(replies), replies, answer=golds)

@@ -1,7 +1,6 @@
 """Verifiers, their answer parsers, the Scores checks and the feedback registry."""
 
 import importlib.util
-import json
 import math
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from rlxf.feedback import (
     register_feedback,
     validate_scores,
 )
+from rlxf.testing.data import GSM8K_SOLUTION_KEYS, gsm8k_labelled_solutions
 
 REPO = Path(__file__).resolve().parents[2]
 ANCHOR = REPO / "../shared/reference/trl-bench/arith.py"
@@ -292,17 +292,10 @@ def test_numeric_agrees_with_gsm8k_labels():
     Measured: 5276/5276 (100.00%) agreement with `is_correct` in auto mode (the replies have no #### or
     \\boxed, so this exercises last_number + parse_number, incl. "1,450,000" and long decimals).
     """
-    keys = ["6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification"]
-    rows = [json.loads(line) for line in GSM8K_SOLUTIONS.read_text(encoding="utf-8").splitlines()]
-    golds, replies, labels = [], [], []
-    for row in rows:
-        gold = row["ground_truth"].rsplit("A:", 1)[1].strip()
-        for key in keys:
-            golds.append(gold)
-            replies.append(row[key]["solution"])
-            labels.append(row[key]["is_correct"])
+    rows, golds, replies, labels = gsm8k_labelled_solutions(GSM8K_SOLUTIONS)
     assert len(rows) == 1319 and sum(labels) == 286 + 515 + 458 + 742  # the README's counts
-    scores = NumericAnswerVerifier()([row["question"] for row in rows for _ in keys], replies, answer=golds)
+    questions = [row["question"] for row in rows for _ in GSM8K_SOLUTION_KEYS]
+    scores = NumericAnswerVerifier()(questions, replies, answer=golds)
     agree = sum(c == label for c, label in zip(scores.info["correct"], labels, strict=True))
     print(f"\nNumericAnswerVerifier vs is_correct: {agree}/{len(labels)} = {agree / len(labels):.4%}")
     assert agree / len(labels) >= 0.999
