@@ -213,21 +213,15 @@ class ImplicitReward:
 
     @torch.no_grad()
     def _seq_logps(self, model, rows) -> torch.Tensor:
-        from rlxf.models.forward import completion_logprobs
+        from rlxf.eval.preference import sequence_logps
 
+        model.eval()
         out = []
-        pad = self.tokenizer.pad_token_id
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start:start + self.batch_size]
-            width = max(len(r.completion_ids) for r in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.bool)
-            for i, r in enumerate(batch):
-                ids[i, :len(r.completion_ids)] = torch.tensor(r.completion_ids)
-                mask[i, :len(r.completion_ids)] = True
-            logps, _ = completion_logprobs(model.eval(), [list(r.prompt_ids) for r in batch], ids, n=1,
-                                           pad_token_id=pad)
-            out.append((logps.float().cpu() * mask).sum(dim=1))
+            sums, _, _ = sequence_logps(model, [r.prompt_ids for r in batch], [[r.completion_ids] for r in batch],
+                                        pad_token_id=self.tokenizer.pad_token_id)
+            out.append(sums[:, 0].float().cpu())
         return torch.cat(out).double()
 
     def __call__(self, prompts: list[str], completions: list[str], **context: Any) -> Scores:
