@@ -36,25 +36,34 @@ def autocast_context(device: torch.device, precision: str):
 
 def sequence_logps(
     model, prompt_ids: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], *,
-    pad_token_id: int, precision: str = "fp32",
+    pad_token_id: int, precision: str = "fp32", packed: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
     """Summed log-probs of each prompt's completions, all in one forward.
 
     ``completions[p]`` holds ``n`` token lists answering ``prompt_ids[p]`` (n = 2 for a pair: chosen, rejected).
-    Each prompt is prefilled once and its ``n`` completions run on its KV cache, concatenated along the batch
-    (`rlxf.models.forward.completion_logprobs`, fused chunked LM head: no full-vocabulary logits).
+    Each prompt runs once. For a plain Llama model (``packed=None`` or True) the batch is one packed row of real
+    tokens with no padding (`rlxf.models.packed`); otherwise (``packed=False``, or another architecture, or a peft
+    wrapper) the ``n`` completions run on the prompt's KV cache, right-padded and concatenated along the batch
+    (`rlxf.models.forward.completion_logprobs`). Both use the fused chunked LM head: no full-vocabulary logits.
 
     Returns ``(sums (P, n) float32, lengths (P, n) float32, slots)`` where ``slots`` counts the token positions
     run (``total``) and how many of them were padding (``padding``).
     """
     from rlxf.models.forward import completion_logprobs
+    from rlxf.models.packed import packed_sequence_logps, supports_packed_forward
+
+    device = next(model.parameters()).device
+    if packed is None:
+        packed = supports_packed_forward(model)
+    if packed:
+        with autocast_context(device, precision):
+            return packed_sequence_logps(model, prompt_ids, completions)
 
     n = len(completions[0])
     flat = [list(c) for group in completions for c in group]
     if any(len(group) != n for group in completions):
         raise ValueError("every prompt needs the same number of completions")
     width = max(1, max(len(c) for c in flat))
-    device = next(model.parameters()).device
     ids = torch.full((len(flat), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(flat), width), dtype=torch.bool)
     for i, c in enumerate(flat):
@@ -79,7 +88,8 @@ def padding_slots(prompt_ids, completions) -> dict[str, int]:
 
 
 @torch.no_grad()
-def pair_logps(model, pairs, *, pad_token_id: int, batch_size: int, precision: str = "fp32"):
+def pair_logps(model, pairs, *, pad_token_id: int, batch_size: int, precision: str = "fp32",
+               packed: bool | None = None):
     """Policy log-probs of every pair, in order: ``(chosen (N,), rejected (N,), chosen_len (N,), rejected_len)``.
     Batches go in length order to keep padding small; results come back in the input order."""
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + max(
@@ -90,7 +100,7 @@ def pair_logps(model, pairs, *, pad_token_id: int, batch_size: int, precision: s
         idx = order[start:start + batch_size]
         s, n_tok, _ = sequence_logps(
             model, [pairs[i].prompt_ids for i in idx], [(pairs[i].chosen_ids, pairs[i].rejected_ids) for i in idx],
-            pad_token_id=pad_token_id, precision=precision,
+            pad_token_id=pad_token_id, precision=precision, packed=packed,
         )
         sums[idx] = s.float().cpu()
         lengths[idx] = n_tok.cpu()
@@ -100,7 +110,7 @@ def pair_logps(model, pairs, *, pad_token_id: int, batch_size: int, precision: s
 @torch.no_grad()
 def evaluate_preferences(
     model, pairs, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, *, beta: float, pad_token_id: int,
-    batch_size: int = 16, precision: str = "fp32",
+    batch_size: int = 16, precision: str = "fp32", packed: bool | None = None,
 ) -> dict[str, Any]:
     """The held-out metrics of the module docstring for tokenised ``pairs`` (`TokenizedPair`) with reference
     log-probs ``ref_chosen``/``ref_rejected`` `(N,)`. The model is put in eval mode and back."""
@@ -114,7 +124,7 @@ def evaluate_preferences(
     start = time.perf_counter()
     try:
         chosen, rejected, chosen_len, rejected_len = pair_logps(
-            model, pairs, pad_token_id=pad_token_id, batch_size=batch_size, precision=precision)
+            model, pairs, pad_token_id=pad_token_id, batch_size=batch_size, precision=precision, packed=packed)
     finally:
         model.train(was_training)
     return preference_metrics(chosen, rejected, ref_chosen.float(), ref_rejected.float(), chosen_len,

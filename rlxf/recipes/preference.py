@@ -108,6 +108,9 @@ class Config:
         "auto", "Forward/backward (and reference) precision: bf16 autocast or fp32; auto = bf16 where faster."
     )
     bucket_window: int = option(32, "Sort by length within windows of this many batches (1 = no bucketing).")
+    packed_forward: bool = option(
+        True, "Run plain Llama models (SmolLM2) through rlxf.models.packed: no padding, leaner activations, same "
+              "maths; false = the transformers modules (other architectures and LoRA always use them).")
     # LoRA
     lora_r: int = option(0, "LoRA rank (0 = full fine-tuning). The reference is then the model, adapters off.")
     lora_alpha: float = option(16.0, "LoRA alpha (scaling alpha / r).")
@@ -290,7 +293,8 @@ def _adapters_off(model):
 
 
 @torch.no_grad()
-def _logps_in_length_order(model, prompts, completions, *, pad_token_id, batch_size, precision) -> torch.Tensor:
+def _logps_in_length_order(model, prompts, completions, *, pad_token_id, batch_size, precision,
+                           packed: bool | None = None) -> torch.Tensor:
     """Summed log-probs `(N, n)` of ``completions[i]`` (n token lists each) given ``prompts[i]``, no grad."""
     from rlxf.eval.preference import sequence_logps
 
@@ -299,7 +303,7 @@ def _logps_in_length_order(model, prompts, completions, *, pad_token_id, batch_s
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         sums, _, _ = sequence_logps(model, [prompts[i] for i in idx], [completions[i] for i in idx],
-                                    pad_token_id=pad_token_id, precision=precision)
+                                    pad_token_id=pad_token_id, precision=precision, packed=packed)
         out[idx] = sums.float().cpu()
     return out
 
@@ -319,7 +323,7 @@ def reference_pair_logps(model, pairs, *, pad_token_id, batch_size, precision) -
 
 
 def reference_logps(model, data: _Data, partners: list[int] | None, *, key: str, use_cache: bool, pad_token_id,
-                    batch_size, precision) -> tuple[dict[str, torch.Tensor], str]:
+                    batch_size, precision, packed: bool | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """Every reference log-prob the run needs, from the cache or computed now with ``model`` (adapters off).
 
     Keys: ``train_a``/``train_b`` (pairs: chosen/rejected; unpaired: the completion and the KL partner's
@@ -338,17 +342,20 @@ def reference_logps(model, data: _Data, partners: list[int] | None, *, key: str,
             if partners is None:
                 ab = _logps_in_length_order(
                     model, [p.prompt_ids for p in data.train], [(p.chosen_ids, p.rejected_ids) for p in data.train],
-                    pad_token_id=pad_token_id, batch_size=batch_size, precision=precision)
+                    pad_token_id=pad_token_id, batch_size=batch_size, precision=precision,
+                    packed=packed)
             else:
                 ab = _logps_in_length_order(
                     model, [r.prompt_ids for r in data.train],
                     [(r.completion_ids, data.train[partners[i]].completion_ids) for i, r in enumerate(data.train)],
-                    pad_token_id=pad_token_id, batch_size=batch_size, precision=precision)
+                    pad_token_id=pad_token_id, batch_size=batch_size, precision=precision,
+                    packed=packed)
             tensors = {"train_a": ab[:, 0].contiguous(), "train_b": ab[:, 1].contiguous()}
             if data.eval:
                 ev = _logps_in_length_order(
                     model, [p.prompt_ids for p in data.eval], [(p.chosen_ids, p.rejected_ids) for p in data.eval],
-                    pad_token_id=pad_token_id, batch_size=batch_size, precision=precision)
+                    pad_token_id=pad_token_id, batch_size=batch_size, precision=precision,
+                    packed=packed)
                 tensors["eval_chosen"], tensors["eval_rejected"] = ev[:, 0].contiguous(), ev[:, 1].contiguous()
     finally:
         model.train(was_training)
@@ -431,6 +438,7 @@ class _Trainer:
         self._check_data_fields()
         self.precision = c.precision if c.precision != "auto" else (
             "bf16" if bf16_is_faster(self.device) else "fp32")
+        self.packed = None if c.packed_forward else False  # None: packed wherever the model supports it
         self.batches = make_batches(self.data.train, c.batch_size, c.bucket_window, c.seed)
         self.partners = kl_partners(len(self.data.train), self.batches) if self.kind == "unpaired" else None
         self.max_steps = c.max_steps or c.epochs * len(self.batches)
@@ -446,7 +454,7 @@ class _Trainer:
         t0 = time.perf_counter()
         self.ref, self.ref_cache_status = reference_logps(
             self.model, self.data, self.partners, key=self.ref_key, use_cache=c.ref_cache, pad_token_id=self.pad_id,
-            batch_size=c.eval_batch_size, precision=self.precision)
+            batch_size=c.eval_batch_size, precision=self.precision, packed=self.packed)
         self.ref_seconds = time.perf_counter() - t0
 
         if c.lora_r > 0:
@@ -500,7 +508,7 @@ class _Trainer:
         with torch.set_grad_enabled(grad):
             sums, lengths, slots = sequence_logps(
                 self.model, [p.prompt_ids for p in items], [(p.chosen_ids, p.rejected_ids) for p in items],
-                pad_token_id=self.pad_id, precision=self.precision)
+                pad_token_id=self.pad_id, precision=self.precision, packed=self.packed)
         dev = sums.device
         t = {"policy_chosen_logps": sums[:, 0], "policy_rejected_logps": sums[:, 1],
              "ref_chosen_logps": self.ref["train_a"][idx].to(dev),
@@ -521,7 +529,7 @@ class _Trainer:
         items = [self.data.train[i] for i in idx]
         sums, lengths, slots = sequence_logps(
             self.model, [r.prompt_ids for r in items], [(r.completion_ids,) for r in items],
-            pad_token_id=self.pad_id, precision=self.precision)
+            pad_token_id=self.pad_id, precision=self.precision, packed=self.packed)
         dev = sums.device
         t = {"policy_logps": sums[:, 0], "ref_logps": self.ref["train_a"][idx].to(dev), "lengths": lengths[:, 0],
              "desirable": torch.tensor([r.label for r in items], dtype=torch.bool, device=dev),
@@ -542,7 +550,7 @@ class _Trainer:
             sums, _, _ = sequence_logps(
                 self.model, [items[i].prompt_ids for i in idx],
                 [(items[self.partners[i]].completion_ids,) for i in idx], pad_token_id=self.pad_id,
-                precision=self.precision)
+                precision=self.precision, packed=self.packed)
             parts.append(sums[:, 0].float())
         return {"policy_kl_logps": torch.cat(parts), "ref_kl_logps": self.ref["train_b"][batch]}
 
@@ -632,7 +640,8 @@ class _Trainer:
             return None
         report = evaluate_preferences(
             self.model, self.data.eval, self.ref["eval_chosen"], self.ref["eval_rejected"], beta=self.beta,
-            pad_token_id=self.pad_id, batch_size=self.config.eval_batch_size, precision=self.precision)
+            pad_token_id=self.pad_id, batch_size=self.config.eval_batch_size, precision=self.precision,
+            packed=self.packed)
         record = {"step": self.step, "train_seconds": self.train_clock, **report}
         first = self.evals[0] if self.evals else None
         if first is not None:
