@@ -110,6 +110,34 @@ class RssSampler:
         return {k: round(v) for k, v in self.peaks.items()}
 
 
+class Gate:
+    """A child's side of lock-step scheduling (``--lockstep``): the parent lets one child run at a time.
+
+    ``turn()`` tells the parent the current turn is over and blocks until it is this child's turn again. A child
+    starts blocked (before its heavy imports), ends a turn after its set-up and after every training step, and
+    finishes alone. Without the ``RLXF_BENCH_GATE`` variable (sequential runs) every call returns at once.
+    """
+
+    def __init__(self):
+        fds = os.environ.get("RLXF_BENCH_GATE")
+        self._go = self._done = None
+        if fds:
+            go, done = (int(x) for x in fds.split(","))
+            self._go, self._done = os.fdopen(go, "rb", buffering=0), os.fdopen(done, "wb", buffering=0)
+
+    def wait(self):
+        if self._go is not None and self._go.read(1) != b"g":
+            raise SystemExit("the bench parent went away")
+
+    def turn(self):
+        if self._done is not None:
+            self._done.write(b"d")
+            self.wait()
+
+
+GATE = Gate()
+
+
 # ------------------------------------------------------------------------------------------ the work
 
 
@@ -236,7 +264,7 @@ def worker_rlxf(job: dict) -> dict:
         micro_batch_size=job["micro"], max_steps=job["steps"], lr=job["lr"], warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, precision=job["precision"], threads=job["threads"], device="cpu", seed=job["seed"],
         ref_cache=True, progress=False, output_dir=job["tmp"])
-    trainer = recipe._Trainer(config)  # no public constructor of the recipe's trainer yet (see the report)
+    trainer = recipe.Trainer(config)
     init_s = time.perf_counter() - t0
     got = [{"prompt_ids": list(p.prompt_ids), "chosen_ids": list(p.chosen_ids), "rejected_ids": list(p.rejected_ids)}
            for p in trainer.data.train]
@@ -250,11 +278,13 @@ def worker_rlxf(job: dict) -> dict:
         raise RuntimeError(f"reference cache {trainer.ref_cache_status}, expected {job['expect_ref_cache']}")
 
     sampler.set_phase("train")
+    GATE.turn()
     step_times, logs = [], []
     for batch in job["batches"]:
         t = time.perf_counter()
         metrics = trainer.train_step(batch)
         step_times.append(time.perf_counter() - t)
+        GATE.turn()
         trainer.step += 1
         logs.append({k: metrics[k] for k in ("loss", "policy_chosen_logps", "policy_rejected_logps") if k in metrics})
         if metrics.get("nonfinite"):
@@ -307,6 +337,7 @@ def worker_trl(job: dict) -> dict:
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.begin)
+            GATE.turn()  # the next batch's fetch and the logging run in this side's next turn
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "logps/chosen" in logs:
@@ -337,6 +368,7 @@ def worker_trl(job: dict) -> dict:
         raise RuntimeError("TRL tokenised the pairs differently from the bench's expected ids")
 
     sampler.set_phase("train")
+    GATE.turn()
     trainer.train()
     if len(timer.times) != job["steps"]:
         raise RuntimeError(f"TRL ran {len(timer.times)} steps, {job['steps']} asked for")
@@ -376,6 +408,55 @@ def run_child(side: str, job: dict, env: dict, workdir: Path) -> dict:
     result = json.loads(out_path.read_text())
     result["wall_s"] = time.perf_counter() - t
     return result
+
+
+def run_lockstep(children: list[tuple[str, str, dict, dict, Path]], steps: int) -> list[dict]:
+    """Run several children in lock-step: set-ups one after another, then training step ``i`` of every child
+    before step ``i + 1`` of any (the order alternating between steps), one process on the CPU at a time. Slow
+    drifts of a shared machine's speed then hit every side alike instead of whichever ran during them.
+
+    ``children``: (name, worker, job, env, workdir) each. Returns their results in the same order.
+    """
+    procs = []
+    for name, worker, job, env, workdir in children:
+        job_path, out_path = workdir / f"job-{name}.json", workdir / f"result-{name}.json"
+        job_path.write_text(json.dumps(job))
+        go_r, go_w = os.pipe()
+        done_r, done_w = os.pipe()
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--job", str(job_path),
+               "--out", str(out_path)]
+        log = open(workdir / f"log-{name}.txt", "w")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(cmd, env={**env, "RLXF_BENCH_GATE": f"{go_r},{done_w}"}, cwd=str(REPO),
+                                stdout=log, stderr=subprocess.STDOUT, pass_fds=(go_r, done_w))
+        os.close(go_r)
+        os.close(done_w)
+        procs.append({"name": name, "proc": proc, "go": go_w, "done": done_r, "out": out_path, "log": log,
+                      "workdir": workdir, "t": time.perf_counter()})
+
+    def turn(c):
+        os.write(c["go"], b"g")
+        if os.read(c["done"], 1) != b"d":
+            c["log"].close()
+            sys.stderr.write((c["workdir"] / f"log-{c['name']}.txt").read_text()[-8000:])
+            raise SystemExit(f"{c['name']} worker failed during its turn (exit {c['proc'].wait()})")
+
+    for c in procs:  # set-ups (imports, model load, tokenisation, reference pass), one at a time
+        turn(c)
+    for step in range(steps):
+        for c in procs if step % 2 == 0 else procs[::-1]:
+            turn(c)
+    results = []
+    for c in procs:  # each finishes alone
+        os.write(c["go"], b"g")
+        rc = c["proc"].wait()
+        c["log"].close()
+        if rc != 0:
+            sys.stderr.write((c["workdir"] / f"log-{c['name']}.txt").read_text()[-8000:])
+            raise SystemExit(f"{c['name']} worker failed (exit {rc})")
+        result = json.loads(c["out"].read_text())
+        result["wall_s"] = time.perf_counter() - c["t"]
+        results.append(result)
+    return results
 
 
 def incl_ref_tokens_per_s(r: dict) -> float:
@@ -432,6 +513,8 @@ def main():
     ap.add_argument("--trl-ref", choices=["precompute", "both"], default="precompute",
                     help="both: also run TRL's default (reference model in memory, reference forward every step)")
     ap.add_argument("--no-allocator-env", action="store_true", help="run both sides without the glibc settings")
+    ap.add_argument("--sequential", action="store_true",
+                    help="run the sides one after another instead of in lock-step (one step of each in turn)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--json", type=Path, default=None, help="also write every side's raw result here (after each)")
     ap.add_argument("--worker", choices=["rlxf", "trl"], help=argparse.SUPPRESS)
@@ -440,6 +523,7 @@ def main():
     a = ap.parse_args()
 
     if a.worker:
+        GATE.wait()
         job = json.loads(Path(a.job).read_text())
         result = (worker_rlxf if a.worker == "rlxf" else worker_trl)(job)
         Path(a.out).write_text(json.dumps(result))
@@ -500,6 +584,7 @@ def main():
                 print(f"  {model} ({model_dirs[model]})")
                 print(f"  {'side':<26} {'step s':>8} {'tok/s':>9} {'incl. ref':>10} {'ref pass':>10} "
                       f"{'peak MiB':>9} {'init s':>7} {'wall s':>7}")
+                jobs = []
                 for side, worker, extra in sides:
                     scratch = tmp_root / f"{model}-{precision}-{side}"
                     scratch.mkdir()
@@ -507,7 +592,12 @@ def main():
                            "batches": batches, "steps": p["steps"], "warmup": p["warmup"], "lr": a.lr,
                            "beta": a.beta, "seed": a.seed, "threads": a.threads, "precision": precision,
                            "tmp": str(scratch), **extra}
-                    r = run_child(worker, job, child_env(a.threads, allocator, str(shared)), scratch)
+                    jobs.append((side, worker, job, child_env(a.threads, allocator, str(shared)), scratch))
+                if a.sequential:
+                    outs = [run_child(worker, job, env, scratch) for side, worker, job, env, scratch in jobs]
+                else:
+                    outs = run_lockstep(jobs, p["steps"])
+                for (side, worker, extra), r in zip(sides, outs, strict=True):
                     if extra.get("expect_ref_cache") == "hit":  # reference from the cache: charge the first pass
                         r["ref_pass_s_cache_hit"] = r["ref_pass_s"]
                         r["ref_pass_s"] = results[(model, precision, sides[0][0])]["ref_pass_s"]

@@ -401,8 +401,13 @@ class _LoraWeights:
 # ----------------------------------------------------------------------------------------------- the trainer
 
 
-class _Trainer:
-    """State of one run; ``run()`` below is the loop, read top to bottom."""
+class Trainer:
+    """State of one run; ``run()`` below is the loop, read top to bottom.
+
+    Public for callers that drive their own loop (the benchmark, notebooks): ``Trainer(config)`` loads the model
+    and data and computes (or loads) the reference log-probs, then each ``train_step(batch_for_step(...))`` is one
+    optimizer step. It writes nothing to disk; ``run(config)`` adds the run directory, checkpoints and evaluation.
+    """
 
     def __init__(self, config: Config):
         from rlxf.models import load_policy
@@ -699,7 +704,7 @@ class _Trainer:
 def run(config: Config) -> dict[str, Any]:
     """Train; returns a summary dict (also written to ``<run>/summary.json``)."""
     config = resolve_resume(config, extendable=("max_steps", "time_budget_s", "progress", "plots"))
-    trainer = _Trainer(config)  # validates data, loads the model, reference log-probs: nothing on disk yet
+    trainer = Trainer(config)  # validates data, loads the model, reference log-probs: nothing on disk yet
     c = trainer.config
     name = f"{c.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = open_run_dir(trainer, config_to_yaml(c, recipe="dpo"), default_name=name)
@@ -714,7 +719,7 @@ def run(config: Config) -> dict[str, Any]:
     return run_recording_status(run_dir, lambda: _loop(trainer, run_dir), step=lambda: trainer.step)
 
 
-def _loop(trainer: _Trainer, run_dir: RunDir) -> dict[str, Any]:
+def _loop(trainer: Trainer, run_dir: RunDir) -> dict[str, Any]:
     from rlxf.eval.preference import format_preference_eval
     from rlxf.eval.preference_plots import plot_preference_run
 
@@ -782,7 +787,7 @@ def _loop(trainer: _Trainer, run_dir: RunDir) -> dict[str, Any]:
     return summary
 
 
-def _save_final(trainer: _Trainer, run_dir: RunDir) -> None:
+def _save_final(trainer: Trainer, run_dir: RunDir) -> None:
     """``final/``: a plain transformers model directory (LoRA: adapters merged; the adapters alone in
     ``final/adapter``)."""
     from rlxf.models import save_policy
@@ -794,7 +799,7 @@ def _save_final(trainer: _Trainer, run_dir: RunDir) -> None:
         save_policy(trainer.model, trainer.tokenizer, run_dir.final)
 
 
-def _summary(trainer: _Trainer, stop_reason: str, step_seconds: list[float], tokens_per_s: list[float]):
+def _summary(trainer: Trainer, stop_reason: str, step_seconds: list[float], tokens_per_s: list[float]):
     evals = trainer.evals
     return {
         "status": "complete",
@@ -816,7 +821,7 @@ def _summary(trainer: _Trainer, stop_reason: str, step_seconds: list[float], tok
     }
 
 
-def _mean_padding(trainer: _Trainer) -> float:
+def _mean_padding(trainer: Trainer) -> float:
     """Share of the token positions of one full pass over the fixed batches that are padding."""
     from rlxf.eval.preference import padding_slots
 
@@ -856,7 +861,7 @@ def evaluate_run(run_dir: str | Path, *, batch_size: int | None = None) -> dict[
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
-    trainer = _Trainer(config)
+    trainer = Trainer(config)
     if not trainer.data.eval:
         raise ValueError(f"{run_dir}: the run has no held-out pairs")
     trainer.restore(checkpoint)

@@ -18,7 +18,7 @@ from rlxf.data import DataError
 from rlxf.objectives import OBJECTIVES, LossOutput, list_objectives, register
 from rlxf.recipes.preference import (
     Config,
-    _Trainer,
+    Trainer,
     batch_for_step,
     kl_partners,
     make_batches,
@@ -96,7 +96,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
 def test_micro_batches_accumulate_exactly_to_the_big_batch(toy, tmp_path, objective):
     if objective not in OBJECTIVES:
         pytest.skip(f"{objective} is not registered")
-    trainer = _Trainer(config(toy, tmp_path, objective=objective))
+    trainer = Trainer(config(toy, tmp_path, objective=objective))
     batch = batch_for_step(trainer.batches, 0, trainer.config.seed)
     # Make the policy differ from the reference so that every loss has a non-trivial gradient.
     with torch.no_grad():
@@ -125,22 +125,22 @@ def test_micro_batches_accumulate_exactly_to_the_big_batch(toy, tmp_path, object
 
 def test_first_dpo_loss_is_log_2_because_the_reference_is_the_initial_policy(toy, tmp_path):
     """Before any step pi = pi_ref, so every margin is 0 and L_DPO = -log sigma(0) = log 2 per pair."""
-    trainer = _Trainer(config(toy, tmp_path))
+    trainer = Trainer(config(toy, tmp_path))
     metrics = trainer.accumulate(batch_for_step(trainer.batches, 0, trainer.config.seed))
     assert metrics["loss"] == pytest.approx(math.log(2), rel=1e-5)
     assert metrics["reward_margin"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_reference_cache_hits_for_the_same_model_and_data_and_misses_otherwise(toy, tmp_path):
-    first = _Trainer(config(toy, tmp_path))
+    first = Trainer(config(toy, tmp_path))
     assert first.ref_cache_status == "miss"
-    second = _Trainer(config(toy, tmp_path))
+    second = Trainer(config(toy, tmp_path))
     assert second.ref_cache_status == "hit" and second.ref_key == first.ref_key
     for key in ("train_a", "train_b", "eval_chosen", "eval_rejected"):
         assert torch.equal(first.ref[key], second.ref[key])
-    assert _Trainer(config(toy, tmp_path, max_completion_tokens=4)).ref_cache_status == "miss"  # other token ids
-    assert _Trainer(config(toy, tmp_path, seed=7)).ref_cache_status == "miss"  # other tiny weights and batches
-    assert _Trainer(config(toy, tmp_path, ref_cache=False)).ref_cache_status == "off"
+    assert Trainer(config(toy, tmp_path, max_completion_tokens=4)).ref_cache_status == "miss"  # other token ids
+    assert Trainer(config(toy, tmp_path, seed=7)).ref_cache_status == "miss"  # other tiny weights and batches
+    assert Trainer(config(toy, tmp_path, ref_cache=False)).ref_cache_status == "off"
     # the cached numbers are the model's own log-probs of each pair
     chosen, rejected = reference_pair_logps(first.model, first.data.train[:5], pad_token_id=first.pad_id,
                                             batch_size=2, precision="fp32")
@@ -152,7 +152,7 @@ def test_lora_reference_is_the_base_model_with_adapters_off(toy, tmp_path):
     from rlxf.eval.preference import pair_logps
     from rlxf.models import load_policy
 
-    trainer = _Trainer(config(toy, tmp_path, lora_r=4, lora_alpha=8, lr=1e-2))
+    trainer = Trainer(config(toy, tmp_path, lora_r=4, lora_alpha=8, lr=1e-2))
     for step in range(3):
         trainer.train_step(batch_for_step(trainer.batches, step, trainer.config.seed))
     pairs = trainer.data.eval[:8]
@@ -230,19 +230,19 @@ def test_nonfinite_losses_are_skipped_then_the_run_stops_with_a_resumable_checkp
 
 def test_config_errors_are_clear(toy, tmp_path):
     with pytest.raises(ValueError, match="objective 'dpo' takes no 'gamma'"):
-        _Trainer(config(toy, tmp_path, gamma=1.0))
+        Trainer(config(toy, tmp_path, gamma=1.0))
     with pytest.raises(ValueError, match="policy_gradient loss"):
-        _Trainer(config(toy, tmp_path, objective="grpo"))
+        Trainer(config(toy, tmp_path, objective="grpo"))
     if "cringe_pairwise" in OBJECTIVES:
         with pytest.raises(ValueError, match="needs 'rejected_logits'.*use another objective"):
-            _Trainer(config(toy, tmp_path, objective="cringe_pairwise"))
+            Trainer(config(toy, tmp_path, objective="cringe_pairwise"))
     if "mmpo" in OBJECTIVES:
         with pytest.raises(ValueError, match="needs chosen_score and rejected_score"):
-            _Trainer(config(toy, tmp_path, objective="mmpo"))
+            Trainer(config(toy, tmp_path, objective="mmpo"))
     unpaired = tmp_path / "u.jsonl"
     unpaired.write_text(json.dumps({"prompt": "a", "completion": "b", "label": True}) + "\n")
     with pytest.raises(DataError, match="need an unpaired objective"):
-        _Trainer(config(unpaired, tmp_path))
+        Trainer(config(unpaired, tmp_path))
 
 
 def test_bad_data_fails_before_a_run_directory_exists(tmp_path):
@@ -256,7 +256,7 @@ def test_bad_data_fails_before_a_run_directory_exists(tmp_path):
 def test_strict_false_skips_and_counts_bad_rows(toy, tmp_path):
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text(toy.read_text() + '{"prompt": "a"}\nnot json\n')
-    trainer = _Trainer(config(mixed, tmp_path, strict=False))
+    trainer = Trainer(config(mixed, tmp_path, strict=False))
     assert len(trainer.data.problems) == 2 and len(trainer.data.train) + len(trainer.data.eval) == 224
 
 
@@ -290,7 +290,7 @@ def test_kto_trains_on_unpaired_rows_with_a_paired_held_out_file(toy, tmp_path):
 
 
 def test_length_buckets_cut_padding_and_every_epoch_visits_each_batch_once(toy, tmp_path):
-    trainer = _Trainer(config(toy, tmp_path))
+    trainer = Trainer(config(toy, tmp_path))
     items = trainer.data.train
 
     def padding(batches):
