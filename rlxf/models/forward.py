@@ -116,3 +116,30 @@ def completion_logprobs_padded(
         hidden, weight, completion_ids.to(device), chunk_size=chunk_size, temperature=temperature,
         with_entropy=with_entropy,
     )
+
+
+def completion_logits(
+    model, prompt_ids: list[list[int]], completions: list[list[int]], *, pad_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full-vocabulary logits on each completion, for losses that work on token logits (e.g. pairwise Cringe).
+
+    One forward over ``[left-padded prompt | right-padded completion]`` rows. Returns ``(logits (B, T, V),
+    ids (B, T) long, mask (B, T) bool)`` where ``logits[:, t]`` predicts ``ids[:, t]`` and ``mask`` marks real
+    completion tokens (``ids`` holds ``pad_token_id`` elsewhere). This materialises ``B * T * V`` logits in the
+    compute dtype, so it is for the losses that need them, not for log-probs (:func:`completion_logprobs`).
+    """
+    decoder, weight = _decoder_and_head(model)
+    device = weight.device
+    width = max(1, max(len(c) for c in completions))
+    ids = torch.full((len(completions), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(completions), width), dtype=torch.bool)
+    for i, c in enumerate(completions):
+        ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[i, : len(c)] = True
+    prompt, prompt_attn = pad_left(prompt_ids, pad_token_id)
+    full = torch.cat([prompt, ids], dim=1).to(device)
+    attn = torch.cat([prompt_attn, mask], dim=1).to(device)
+    hidden = decoder(input_ids=full, attention_mask=attn.long(), position_ids=_positions(attn)).last_hidden_state
+    start = prompt.shape[1] - 1  # the prompt's last position predicts the first completion token
+    logits = hidden[:, start:start + width, :] @ weight.t()
+    return logits, ids.to(device), mask.to(device)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from rlxf.config import ConfigError, config_from_yaml, config_to_yaml, option
+from rlxf.eval.preference import autocast_context
 from rlxf.recipes.run_dir import (
     RunDir,
     open_run_dir,
@@ -58,7 +59,7 @@ HYPERPARAMETERS = ("beta", "gamma", "tau", "epsilon", "alpha", "lam", "lambda_",
 # Tensors this recipe can hand a loss, by name.
 PAIRED_TENSORS = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps",
                   "chosen_lengths", "rejected_lengths", "chosen_scores", "rejected_scores", "group_ids",
-                  "group_weights", "group_sizes")
+                  "group_weights", "group_sizes", "rejected_logits", "rejected_ids", "rejected_mask")
 UNPAIRED_TENSORS = ("policy_logps", "ref_logps", "policy_kl_logps", "ref_kl_logps", "desirable", "lengths")
 
 
@@ -162,10 +163,8 @@ def _tensor_names(fn, kind: str) -> list[str]:
         if name in available:
             names.append(name)
         elif p.default is inspect.Parameter.empty:
-            extra = (" (token-level logits of the rejected response); use another objective"
-                     if "logits" in name else "")
             raise ConfigError(f"objective {fn.registered_name!r} needs {name!r}, which the preference recipe does "
-                             f"not provide{extra}")
+                             f"not provide")
     return names
 
 
@@ -519,6 +518,13 @@ class Trainer:
              "ref_chosen_logps": self.ref["train_a"][idx].to(dev),
              "ref_rejected_logps": self.ref["train_b"][idx].to(dev),
              "chosen_lengths": lengths[:, 0], "rejected_lengths": lengths[:, 1]}
+        if "rejected_logits" in self.tensor_names:  # token-level losses (cringe_pairwise): a second forward
+            from rlxf.models.forward import completion_logits
+
+            with torch.set_grad_enabled(grad), autocast_context(self.device, self.precision):
+                t["rejected_logits"], t["rejected_ids"], t["rejected_mask"] = completion_logits(
+                    self.model, [p.prompt_ids for p in items], [p.rejected_ids for p in items],
+                    pad_token_id=self.pad_id)
         if "chosen_scores" in self.tensor_names:
             t["chosen_scores"] = torch.tensor([p.chosen_score for p in items], device=dev)
             t["rejected_scores"] = torch.tensor([p.rejected_score for p in items], device=dev)

@@ -159,3 +159,21 @@ def test_row_count_mismatch_is_an_error(policy):
     prompts, completions, _ = _batch(tokenizer)
     with pytest.raises(ValueError, match="9 rows but 3 prompts x n=2"):
         completion_logprobs(model, prompts, completions, n=2, pad_token_id=tokenizer.pad_token_id)
+
+
+def test_completion_logits_match_a_naive_per_row_forward(policy):
+    """`completion_logits` (used for token-level losses such as pairwise Cringe): position t of row i holds the
+    logits that predict completion token t, as one unpadded row through the model gives them."""
+    from rlxf.models.forward import completion_logits
+
+    model, tokenizer = policy
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompts = [enc("Say 7:"), enc("What is 12+30?")]
+    completions = [enc("seven"), enc("42")]
+    logits, ids, mask = completion_logits(model, prompts, completions, pad_token_id=tokenizer.pad_token_id)
+    assert logits.shape == (2, 5, len(tokenizer)) and mask.sum(1).tolist() == [5, 2]
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        with torch.no_grad():
+            naive = model(torch.tensor([p + c])).logits[0, len(p) - 1: len(p) + len(c) - 1]
+        torch.testing.assert_close(logits[i, : len(c)].detach(), naive, **TOL)
+        assert ids[i, : len(c)].tolist() == c
