@@ -21,11 +21,15 @@ activation buffers every step, about a third of TRL's step time on this machine)
   also TRL's default (a reference model in memory and a reference forward every step).
 
 Precisions: ``fp32`` (no gradient checkpointing on either side) and ``bf16`` (autocast; TRL with gradient
-checkpointing, its default and its best memory setting). rlxf has no gradient checkpointing; its memory setting is
-micro-batching with exact accumulation: ``--rlxf-micro 0,2`` (``--rlxf-bf16-micro`` for bf16) runs one rlxf row
-per micro-batch size (0 = the whole batch; a later row's reference log-probs come from the cache the first rlxf run
-of that model and precision wrote, and the one-off pass is charged as that run's). On a CPU without AMX/AVX512-BF16,
-bf16 matmuls are emulated and slow; measured anyway.
+checkpointing, its default and its best memory setting). rlxf's rows are chosen with ``--rlxf-micro 0,2,2c``
+(``--rlxf-bf16-micro`` for bf16): one row per entry, the micro-batch size in pairs (0 = the whole batch, exact
+accumulation otherwise) and a ``c`` suffix for gradient checkpointing. A later row's reference log-probs come from
+the cache the first rlxf run of that model and precision wrote, and the one-off pass is charged as that run's. On a
+CPU without AMX/AVX512-BF16, bf16 matmuls are emulated and slow; measured anyway.
+
+By default the children run in lock-step (``run_lockstep``): set-ups one after another, then step ``i`` of every
+side before step ``i + 1`` of any, one process on the CPU at a time, so a shared machine's slow drifts hit all sides
+alike. ``--sequential`` runs each side to the end before the next starts.
 
 tokens/s counts the non-pad tokens of the trained pairs, 2*|prompt| + |chosen| + |rejected| per pair (the tokens
 a pair costs when the prompt runs with each reply, as in TRL; the same count for both sides), summed over the
@@ -261,7 +265,8 @@ def worker_rlxf(job: dict) -> dict:
     config = recipe.Config(
         model=job["model_dir"], data=job["data"], eval_fraction=0.0, max_prompt_tokens=PROMPT_TOKENS,
         max_completion_tokens=REPLY_TOKENS + 1, objective="dpo", beta=job["beta"], batch_size=BATCH_PAIRS,
-        micro_batch_size=job["micro"], max_steps=job["steps"], lr=job["lr"], warmup_steps=0, weight_decay=0.0,
+        micro_batch_size=job["micro"], gradient_checkpointing=job["ckpt"], max_steps=job["steps"], lr=job["lr"],
+        warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, precision=job["precision"], threads=job["threads"], device="cpu", seed=job["seed"],
         ref_cache=True, progress=False, output_dir=job["tmp"])
     trainer = recipe.Trainer(config)
@@ -504,7 +509,8 @@ def main():
                     help="pairs of bf16 runs (default --pairs): the one-off reference pass is slow where bf16 is "
                          "emulated")
     ap.add_argument("--rlxf-micro", default="0",
-                    help="comma list of rlxf micro-batch sizes (pairs) in fp32, one row each; 0 = the whole batch")
+                    help="comma list of rlxf micro-batch sizes (pairs) in fp32, one row each; 0 = the whole batch; "
+                         "a 'c' suffix (e.g. 2c) adds gradient checkpointing to that row")
     ap.add_argument("--rlxf-bf16-micro", default="0", help="the same for bf16")
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--beta", type=float, default=0.1)
@@ -534,10 +540,10 @@ def main():
     from rlxf.models.loading import default_model_dir
 
     plan = {"fp32": {"models": a.models.split(","), "steps": a.steps, "warmup": a.warmup, "pairs": a.pairs,
-                     "micro": [int(m) for m in a.rlxf_micro.split(",")]},
+                     "micro": a.rlxf_micro.split(",")},
             "bf16": {"models": (a.bf16_models or a.models).split(","), "steps": a.bf16_steps or a.steps,
                      "warmup": a.warmup if a.bf16_warmup is None else a.bf16_warmup, "pairs": a.bf16_pairs or a.pairs,
-                     "micro": [int(m) for m in a.rlxf_bf16_micro.split(",")]}}
+                     "micro": a.rlxf_bf16_micro.split(",")}}
     precisions = a.precisions.split(",")
     for precision in precisions:
         p = plan[precision]
@@ -575,7 +581,8 @@ def main():
                   f"{tokens} tokens = {tokens / p['pairs']:.1f} per pair; {p['steps']} steps of "
                   f"{statistics.mean(sum(pair_tokens(ids[i]) for i in b) for b in batches):.0f} tokens on average")
             for model in p["models"]:
-                sides = [(f"rlxf-{m}", "rlxf", {"micro": m, "expect_ref_cache": "hit" if k else "miss"})
+                sides = [(f"rlxf-{m}", "rlxf", {"micro": int(m.rstrip("c")), "ckpt": m.endswith("c"),
+                                                 "expect_ref_cache": "hit" if k else "miss"})
                          for k, m in enumerate(p["micro"])]
                 sides.append(("trl", "trl", {"trl_precompute": True}))
                 if a.trl_ref == "both":
@@ -604,6 +611,7 @@ def main():
                     results[(model, precision, side)] = r
                     if worker == "rlxf":
                         label = f"rlxf micro-batch {extra['micro']}" if extra["micro"] else "rlxf"
+                        label += " + ckpt" if extra["ckpt"] else ""
                     else:
                         label = "TRL precompute_ref" if extra["trl_precompute"] else "TRL ref model"
                         label += " + ckpt" if precision == "bf16" else ""

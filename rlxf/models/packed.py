@@ -364,31 +364,45 @@ class _RMSNorm(torch.autograd.Function):
 
 
 def packed_hidden(model, layout: PackedLayout) -> Tensor:
-    """Final-norm hidden states `(N, hidden)` of the packed tokens (gradients flow to every parameter)."""
+    """Final-norm hidden states `(N, hidden)` of the packed tokens (gradients flow to every parameter).
+
+    Honours the model's activation checkpointing: a decoder layer with ``gradient_checkpointing`` set (what
+    ``model.activation_checkpointing_enable()`` does) keeps only its input and reruns its forward in backward.
+    """
+    from torch.utils.checkpoint import checkpoint
+
     decoder = model.get_decoder()
     config = model.config
     device = decoder.embed_tokens.weight.device
     ids, positions = layout.ids.to(device), layout.positions.to(device)
     x = decoder.embed_tokens(ids)
     cos, sin = decoder.rotary_emb(x, positions[None])
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     dtype = _compute_dtype(x)
     cos, sin = cos[0, :, None, :].to(dtype), sin[0, :, None, :].to(dtype)
     mask_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     masks = [segment_mask(g.to(device), mask_dtype) for g in layout.groups]
-    n = ids.shape[0]
     for layer in decoder.layers:
-        attn, norm = layer.self_attn, layer.input_layernorm
-        q, k, v = _NormLinears.apply(x, norm.weight, norm.variance_epsilon, attn.q_proj.weight,
-                                     attn.k_proj.weight, attn.v_proj.weight)
-        out = _PackedAttention.apply(q.view(n, heads, head_dim), k.view(n, kv_heads, head_dim),
-                                     v.view(n, kv_heads, head_dim), cos, sin, layout.segments, masks, attn.scaling)
-        h = x + out @ attn.o_proj.weight.to(out.dtype).t()
-        post, mlp = layer.post_attention_layernorm, layer.mlp
-        x = h + _SwiGLU.apply(h, post.weight, post.variance_epsilon, mlp.gate_proj.weight, mlp.up_proj.weight,
-                              mlp.down_proj.weight)
+        if torch.is_grad_enabled() and getattr(layer, "gradient_checkpointing", False):
+            x = checkpoint(_decoder_layer, layer, config, x, cos, sin, layout.segments, masks, use_reentrant=False)
+        else:
+            x = _decoder_layer(layer, config, x, cos, sin, layout.segments, masks)
     return _RMSNorm.apply(x, decoder.norm.weight, decoder.norm.variance_epsilon)
+
+
+def _decoder_layer(layer, config, x: Tensor, cos: Tensor, sin: Tensor, segments, masks) -> Tensor:
+    """One ``LlamaDecoderLayer`` on packed rows `(N, hidden)`: attention block, then MLP block, each residual."""
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    n = x.shape[0]
+    attn, norm = layer.self_attn, layer.input_layernorm
+    q, k, v = _NormLinears.apply(x, norm.weight, norm.variance_epsilon, attn.q_proj.weight, attn.k_proj.weight,
+                                 attn.v_proj.weight)
+    out = _PackedAttention.apply(q.view(n, heads, head_dim), k.view(n, kv_heads, head_dim),
+                                 v.view(n, kv_heads, head_dim), cos, sin, segments, masks, attn.scaling)
+    h = x + out @ attn.o_proj.weight.to(out.dtype).t()
+    post, mlp = layer.post_attention_layernorm, layer.mlp
+    return h + _SwiGLU.apply(h, post.weight, post.variance_epsilon, mlp.gate_proj.weight, mlp.up_proj.weight,
+                             mlp.down_proj.weight)
 
 
 def packed_sequence_logps(

@@ -148,3 +148,38 @@ def test_supports_only_plain_llama(tok):
     assert not supports_packed_forward(dropout)
     dropout.eval()
     assert supports_packed_forward(dropout)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_activation_checkpointing_changes_memory_not_values(tok, packed):
+    """With ``activation_checkpointing_enable()`` both paths give the same log-probs and gradients (the HF path
+    then runs padded rows, since checkpointed layers drop the KV cache) and hold far less for backward."""
+
+    def make(checkpointing):
+        model = tiny_model(tok, hidden=64, layers=3, heads=4, kv_heads=2, intermediate=96).double()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return model
+
+    prompt_ids, completions = _batch(len(tok), 4, 2, seed=7, empty=False)
+    plain = _run(make(False), prompt_ids, completions, tok.pad_token_id, packed)
+    ckpt = _run(make(True), prompt_ids, completions, tok.pad_token_id, packed)
+    torch.testing.assert_close(ckpt[0], plain[0], rtol=1e-6, atol=1e-5)
+    for name, grad in plain[3].items():
+        torch.testing.assert_close(ckpt[3][name], grad, rtol=1e-5, atol=1e-7 * float(grad.abs().max()) + 1e-12)
+
+    def saved_numel(model):
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            if t.untyped_storage().data_ptr() not in params:
+                total += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            sequence_logps(model, prompt_ids, completions, pad_token_id=tok.pad_token_id, packed=packed)
+        return total
+
+    assert saved_numel(make(True)) < 0.5 * saved_numel(make(False))
