@@ -51,6 +51,7 @@ def sequence_logps(
     """
     from rlxf.models.forward import completion_logprobs, completion_logprobs_padded
     from rlxf.models.packed import packed_sequence_logps, supports_packed_forward
+    from rlxf.rollout.base import pad_right
 
     device = next(model.parameters()).device
     if packed is None:
@@ -63,12 +64,7 @@ def sequence_logps(
     flat = [list(c) for group in completions for c in group]
     if any(len(group) != n for group in completions):
         raise ValueError("every prompt needs the same number of completions")
-    width = max(1, max(len(c) for c in flat))
-    ids = torch.full((len(flat), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(flat), width), dtype=torch.bool)
-    for i, c in enumerate(flat):
-        ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        mask[i, : len(c)] = True
+    ids, mask = pad_right(flat, pad_token_id)
     # Activation checkpointing reruns layers without their KV cache, so the cache path would be wrong there:
     # the padded path runs each [prompt | completion] row whole instead.
     checkpointed = torch.is_grad_enabled() and getattr(model, "is_activation_checkpointing", False)

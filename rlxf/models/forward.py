@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from rlxf.ops import logprobs_from_hidden
-from rlxf.rollout.base import pad_left
+from rlxf.rollout.base import pad_left, pad_right
 
 
 def _decoder_and_head(model):
@@ -130,12 +130,8 @@ def completion_logits(
     """
     decoder, weight = _decoder_and_head(model)
     device = weight.device
-    width = max(1, max(len(c) for c in completions))
-    ids = torch.full((len(completions), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(completions), width), dtype=torch.bool)
-    for i, c in enumerate(completions):
-        ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        mask[i, : len(c)] = True
+    ids, mask = pad_right(completions, pad_token_id)
+    width = ids.shape[1]
     prompt, prompt_attn = pad_left(prompt_ids, pad_token_id)
     full = torch.cat([prompt, ids], dim=1).to(device)
     attn = torch.cat([prompt_attn, mask], dim=1).to(device)
