@@ -49,7 +49,7 @@ def sequence_logps(
     Returns ``(sums (P, n) float32, lengths (P, n) float32, slots)`` where ``slots`` counts the token positions
     run (``total``) and how many of them were padding (``padding``).
     """
-    from rlxf.models.forward import completion_logprobs, completion_logprobs_padded
+    from rlxf.models.forward import completion_logprobs
     from rlxf.models.packed import packed_sequence_logps, supports_packed_forward
     from rlxf.rollout.base import pad_right
 
@@ -65,12 +65,8 @@ def sequence_logps(
     if any(len(group) != n for group in completions):
         raise ValueError("every prompt needs the same number of completions")
     ids, mask = pad_right(flat, pad_token_id)
-    # Activation checkpointing reruns layers without their KV cache, so the cache path would be wrong there:
-    # the padded path runs each [prompt | completion] row whole instead.
-    checkpointed = torch.is_grad_enabled() and getattr(model, "is_activation_checkpointing", False)
-    forward = completion_logprobs_padded if checkpointed else completion_logprobs
     with autocast_context(device, precision):
-        logps, _ = forward(model, [list(p) for p in prompt_ids], ids, n=n, pad_token_id=pad_token_id)
+        logps, _ = completion_logprobs(model, [list(p) for p in prompt_ids], ids, n=n, pad_token_id=pad_token_id)
     mask = mask.to(logps.device)
     sums = torch.where(mask, logps, 0.0).sum(dim=1)
     lengths = mask.sum(dim=1).float()

@@ -55,9 +55,16 @@ def completion_logprobs(
 
     Returns:
         ``(logps (P*n, T) float32, entropy (P*n, T) float32 or None)``.
+
+    With gradients on and activation checkpointing enabled on ``model`` it runs
+    :func:`completion_logprobs_padded` instead: checkpointed layers drop the KV cache.
     """
     from transformers import DynamicCache
 
+    if torch.is_grad_enabled() and getattr(model, "is_activation_checkpointing", False):
+        # Checkpointed layers run without their KV cache, so the cached prompt would be lost: run whole rows.
+        return completion_logprobs_padded(model, prompt_ids, completion_ids, n=n, pad_token_id=pad_token_id,
+                                          temperature=temperature, with_entropy=with_entropy, chunk_size=chunk_size)
     decoder, weight = _decoder_and_head(model)
     device = weight.device
     rows, width = completion_ids.shape
@@ -102,18 +109,10 @@ def completion_logprobs_padded(
     chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reference path: one forward over every ``[left-padded prompt | completion]`` row (same contract)."""
-    decoder, weight = _decoder_and_head(model)
-    device = weight.device
-    rows, width = completion_ids.shape
-    repeated = [p for p in prompt_ids for _ in range(n)]
-    ids, attn = pad_left(repeated, pad_token_id)
-    ids = torch.cat([ids.to(device), completion_ids.to(device)], dim=1)
-    attn = torch.cat([attn.to(device), torch.ones((rows, width), dtype=torch.bool, device=device)], dim=1)
-    hidden = decoder(input_ids=ids, attention_mask=attn.long(), position_ids=_positions(attn)).last_hidden_state
-    start = ids.shape[1] - width - 1
-    hidden = hidden[:, start:start + width, :]
+    hidden, weight = _completion_hidden(model, [p for p in prompt_ids for _ in range(n)], completion_ids,
+                                        pad_token_id=pad_token_id)
     return logprobs_from_hidden(
-        hidden, weight, completion_ids.to(device), chunk_size=chunk_size, temperature=temperature,
+        hidden, weight, completion_ids.to(weight.device), chunk_size=chunk_size, temperature=temperature,
         with_entropy=with_entropy,
     )
 
@@ -128,14 +127,21 @@ def completion_logits(
     completion tokens (``ids`` holds ``pad_token_id`` elsewhere). This materialises ``B * T * V`` logits in the
     compute dtype, so it is for the losses that need them, not for log-probs (:func:`completion_logprobs`).
     """
+    ids, mask = pad_right(completions, pad_token_id)
+    hidden, weight = _completion_hidden(model, prompt_ids, ids, pad_token_id=pad_token_id)
+    return hidden @ weight.t(), ids.to(weight.device), mask.to(weight.device)
+
+
+def _completion_hidden(model, prompt_ids: list[list[int]], completion_ids: torch.Tensor, *, pad_token_id: int):
+    """Last hidden states `(B, T, H)` that predict ``completion_ids`` `(B, T)` given ``prompt_ids[b]``, from one
+    forward over ``[left-padded prompt | completion]`` rows, and the LM head weight. Positions after a
+    completion's end may hold anything: causality keeps them out of every earlier position."""
     decoder, weight = _decoder_and_head(model)
     device = weight.device
-    ids, mask = pad_right(completions, pad_token_id)
-    width = ids.shape[1]
-    prompt, prompt_attn = pad_left(prompt_ids, pad_token_id)
-    full = torch.cat([prompt, ids], dim=1).to(device)
-    attn = torch.cat([prompt_attn, mask], dim=1).to(device)
-    hidden = decoder(input_ids=full, attention_mask=attn.long(), position_ids=_positions(attn)).last_hidden_state
-    start = prompt.shape[1] - 1  # the prompt's last position predicts the first completion token
-    logits = hidden[:, start:start + width, :] @ weight.t()
-    return logits, ids.to(device), mask.to(device)
+    rows, width = completion_ids.shape
+    ids, attn = pad_left(prompt_ids, pad_token_id)
+    ids = torch.cat([ids.to(device), completion_ids.to(device)], dim=1)
+    attn = torch.cat([attn.to(device), torch.ones((rows, width), dtype=torch.bool, device=device)], dim=1)
+    hidden = decoder(input_ids=ids, attention_mask=attn.long(), position_ids=_positions(attn)).last_hidden_state
+    start = ids.shape[1] - width - 1  # the prompt's last position predicts the first completion token
+    return hidden[:, start:start + width, :], weight
