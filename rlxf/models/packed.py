@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from rlxf.ops.logprobs import _compute_dtype as _matmul_dtype
 from rlxf.ops.logprobs import _no_autocast, logprobs_from_hidden
 
 
@@ -135,15 +136,18 @@ def segment_mask(group: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
-    device = x.device.type
-    if x.dtype != torch.float64 and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
+    """The matmul dtype for ``x``: autocast's when it is on (float64 excepted), else ``x``'s own."""
+    return _matmul_dtype(x, x)
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """``x`` in float32 (float64 stays float64): the norm and softmax arithmetic, as HF computes them."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def _rms_normalise(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """``(x / rms(x), 1 / rms(x))`` in float32 (float64 stays float64), as HF's LlamaRMSNorm computes it."""
-    xf = x if x.dtype == torch.float64 else x.float()
+    xf = _upcast(x)
     rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return xf * rstd, rstd
 
@@ -176,7 +180,7 @@ class _NormLinears(torch.autograd.Function):
         x, norm_weight, rstd, *weights = ctx.saved_tensors
         dtype = ctx.dtype
         with _no_autocast(x.device.type):
-            x_hat = (x if x.dtype == torch.float64 else x.float()) * rstd
+            x_hat = _upcast(x) * rstd
             a = (norm_weight * x_hat.to(x.dtype)).to(dtype)
             grad_ws, grad_a = [], None
             for g, w in zip(grad_outs, weights, strict=True):
@@ -233,7 +237,7 @@ class _SwiGLU(torch.autograd.Function):
             # d silu(g) / dg = sig * (1 + g * (1 - sig)) = sig + silu * (1 - sig)
             grad_g = torch.addcmul(sig, silu, torch.sub(1.0, sig)).mul_(u).mul_(grad_p)
             del sig, silu, grad_p
-            x_hat = (h if h.dtype == torch.float64 else h.float()) * rstd
+            x_hat = _upcast(h) * rstd
             a = (norm_weight * x_hat.to(h.dtype)).to(dtype)
             grad_gate = (grad_g.t() @ a).to(gate.dtype)
             grad_up = (grad_u.t() @ a).to(up.dtype)
@@ -333,7 +337,7 @@ def _tokens_first(x: Tensor, heads: int) -> Tensor:
 def _probs(qs: Tensor, ks: Tensor, mask: Tensor, scale: float) -> Tensor:
     """Softmax over keys of the masked scaled scores `(kv_heads, group * S, S)`, float32 (float64 stays)."""
     scores = torch.bmm(qs, ks.transpose(1, 2))
-    scores = scores if scores.dtype == torch.float64 else scores.float()
+    scores = _upcast(scores)
     kv_heads, rows, width = scores.shape
     scores.view(kv_heads, rows // width, width, width).mul_(scale).add_(mask)
     return torch.softmax(scores, dim=-1)
@@ -355,7 +359,7 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad_y: Tensor):
         x, weight, rstd = ctx.saved_tensors
         with _no_autocast(x.device.type):
-            x_hat = (x if x.dtype == torch.float64 else x.float()) * rstd
+            x_hat = _upcast(x) * rstd
             grad_x, grad_weight = _norm_input_grads(grad_y.clone(), x, x_hat, rstd, weight)
         return grad_x, grad_weight, None
 
