@@ -31,7 +31,6 @@ import inspect
 import math
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 from rlxf.config import config_to_yaml, option
 from rlxf.recipes.run_dir import (
     RunDir,
+    mark_nonfinite_stop,
     open_run_dir,
     progress_bar,
     resolve_device,
@@ -514,9 +514,7 @@ def _loop(trainer: _Trainer, run_dir: RunDir) -> dict[str, Any]:
                 stop_reason = "nonfinite"
                 break
     if stop_reason == "nonfinite":
-        run_dir.set_status("stopped", step=trainer.step, reason=f"{c.max_nonfinite_steps} non-finite steps in a row")
-        print(f"stopped: {c.max_nonfinite_steps} steps in a row had a non-finite loss or gradient; resume with "
-              f"`rlxf train grpo resume={run_dir.path}` after fixing the cause", file=sys.stderr)
+        mark_nonfinite_stop(run_dir, step=trainer.step, max_nonfinite_steps=c.max_nonfinite_steps, command="grpo")
         return {"status": "stopped", "step": trainer.step}
 
     trainer.save(run_dir)

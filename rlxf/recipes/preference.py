@@ -44,6 +44,7 @@ from rlxf.config import ConfigError, config_from_yaml, config_to_yaml, option
 from rlxf.eval.preference import autocast_context
 from rlxf.recipes.run_dir import (
     RunDir,
+    mark_nonfinite_stop,
     open_run_dir,
     progress_bar,
     resolve_device,
@@ -781,9 +782,7 @@ def _loop(trainer: Trainer, run_dir: RunDir) -> dict[str, Any]:
                 stop_reason = "nonfinite"
                 break
     if stop_reason == "nonfinite":
-        run_dir.set_status("stopped", step=trainer.step, reason=f"{c.max_nonfinite_steps} non-finite steps in a row")
-        print(f"stopped: {c.max_nonfinite_steps} steps in a row had a non-finite loss or gradient; resume with "
-              f"`rlxf train dpo resume={run_dir.path}` after fixing the cause", file=sys.stderr)
+        mark_nonfinite_stop(run_dir, step=trainer.step, max_nonfinite_steps=c.max_nonfinite_steps, command="dpo")
         return {"status": "stopped", "step": trainer.step, "nonfinite_steps": trainer.nonfinite_total}
 
     if trainer.data.eval and (not trainer.evals or trainer.evals[-1]["step"] != trainer.step):

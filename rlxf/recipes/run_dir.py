@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -83,6 +84,14 @@ def run_recording_status(run_dir: RunDir, loop: Callable[[], dict[str, Any]], *,
         raise
     (run_dir.path / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def mark_nonfinite_stop(run_dir: RunDir, *, step: int, max_nonfinite_steps: int, command: str) -> None:
+    """Record a run stopped after ``max_nonfinite_steps`` non-finite steps in a row (its checkpoint is already
+    written) and tell the user how to resume it with ``rlxf train <command>``."""
+    run_dir.set_status("stopped", step=step, reason=f"{max_nonfinite_steps} non-finite steps in a row")
+    print(f"stopped: {max_nonfinite_steps} steps in a row had a non-finite loss or gradient; resume with "
+          f"`rlxf train {command} resume={run_dir.path}` after fixing the cause", file=sys.stderr)
 
 
 def progress_bar(enabled: bool):
