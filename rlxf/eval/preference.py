@@ -2,8 +2,10 @@
 
 For pairs (x, y_w, y_l) with summed completion log-probs under the policy and the reference, it reports
 
-* ``accuracy``: fraction of pairs whose implicit DPO reward r = beta * log(pi/pi_ref) ranks y_w above y_l
-  (ties count as wrong, so an untrained policy scores 0);
+* ``accuracy``: fraction of pairs whose implicit DPO reward r = beta * log(pi/pi_ref) ranks y_w above y_l.
+  Ties count as wrong, so an untrained policy scores 0, and a tie is a log-ratio difference within float32
+  rounding of the four summed log-probs (:data:`TIE_RTOL` of their total magnitude), so that last-bit noise
+  between two computations of the same number is never read as a preference (``ties`` counts them);
 * ``margin``: mean of r_w - r_l (beta times the mean log-ratio difference);
 * ``ranking_accuracy``: fraction with log pi(y_w|x) > log pi(y_l|x), reference-free;
 * ``chosen_logps`` / ``rejected_logps``: mean summed log-probs (their trend over training shows likelihood
@@ -127,13 +129,21 @@ def evaluate_preferences(
                               rejected_len, beta=beta, seconds=time.perf_counter() - start)
 
 
+# Relative size of a tie: float32 sums of a few hundred token log-probs carry rounding of about 1e-6 of their
+# magnitude; 1e-5 of the four sums' total covers that with room, and is far below any learned margin.
+TIE_RTOL = 1e-5
+
+
 def preference_metrics(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len, *, beta: float,
                        seconds: float = 0.0) -> dict[str, Any]:
     """Metrics from summed log-probs `(N,)` (see the module docstring)."""
-    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    log_ratio_diff = (chosen - ref_chosen) - (rejected - ref_rejected)
+    tie = log_ratio_diff.abs() <= TIE_RTOL * (chosen.abs() + ref_chosen.abs() + rejected.abs() + ref_rejected.abs())
+    margin = beta * log_ratio_diff
     return {
         "n": int(chosen.numel()),
-        "accuracy": float((margin > 0).float().mean()),
+        "accuracy": float(((margin > 0) & ~tie).float().mean()),
+        "ties": int(tie.sum()),
         "margin": float(margin.mean()),
         "ranking_accuracy": float((chosen > rejected).float().mean()),
         "chosen_logps": float(chosen.mean()),

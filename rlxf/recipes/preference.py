@@ -53,7 +53,7 @@ from rlxf.recipes.run_dir import (
 )
 
 RECIPE = "preference"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # Loss hyperparameters a user may set; each is passed only when set and only to a loss that takes it.
 HYPERPARAMETERS = ("beta", "gamma", "tau", "epsilon", "alpha", "lam", "lambda_", "margin", "bc_weight",
                    "divergence", "desirable_weight", "undesirable_weight")
@@ -451,13 +451,24 @@ class Trainer:
         self.partners = kl_partners(len(self.data.train), self.batches) if self.kind == "unpaired" else None
         self.max_steps = c.max_steps or c.epochs * len(self.batches)
 
-        # The reference: the initial weights, evaluated once, before any adapter or optimizer exists.
+        # The reference: the initial weights. Fingerprinted before any adapter exists; evaluated after LoRA is
+        # added (adapters off), through the very path and batches the held-out evaluation uses, so that before the
+        # first step every held-out margin is exactly 0 by construction (adapters start at B = 0).
         from rlxf.data.preferences import data_fingerprint
 
         self.base_fingerprint = model_fingerprint(self.model)
+        if c.lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            self.model = get_peft_model(self.model, LoraConfig(
+                r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                target_modules=list(c.lora_targets), task_type="CAUSAL_LM"))
+        from rlxf.models.packed import supports_packed_forward
+
+        path = "packed" if self.packed is None and supports_packed_forward(self.model) else "padded"
         self.ref_key = hashlib.sha256(json.dumps([
             CACHE_VERSION, self.base_fingerprint, data_fingerprint(self.data.train), data_fingerprint(self.data.eval),
-            self.partners, self.precision, str(self.device.type),
+            self.partners, self.precision, str(self.device.type), path,
         ]).encode()).hexdigest()[:32]
         t0 = time.perf_counter()
         self.ref, self.ref_cache_status = reference_logps(
@@ -465,12 +476,6 @@ class Trainer:
             batch_size=c.eval_batch_size, precision=self.precision, packed=self.packed)
         self.ref_seconds = time.perf_counter() - t0
 
-        if c.lora_r > 0:
-            from peft import LoraConfig, get_peft_model
-
-            self.model = get_peft_model(self.model, LoraConfig(
-                r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                target_modules=list(c.lora_targets), task_type="CAUSAL_LM"))
         if hasattr(self.model.config, "use_cache"):
             self.model.config.use_cache = False
         if c.gradient_checkpointing:

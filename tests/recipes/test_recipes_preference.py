@@ -167,6 +167,15 @@ def test_lora_reference_is_the_base_model_with_adapters_off(toy, tmp_path):
     assert sum(p.numel() for p in trainer.params) < sum(p.numel() for p in base.parameters()) / 5
 
 
+def test_lora_run_starts_with_every_held_out_margin_exactly_zero(toy, tmp_path):
+    """The reference is the base model through the very computation the held-out evaluation runs (same forward
+    path, same batches), and the adapters start at B = 0, so before the first step pi = pi_ref to the last bit:
+    margin exactly 0, every pair a tie, accuracy 0."""
+    summary = run(config(toy, tmp_path, lora_r=4, lora_alpha=8, max_steps=1))
+    before = summary["heldout_before"]
+    assert before["margin"] == 0.0 and before["accuracy"] == 0.0 and before["ties"] == before["n"] == 32
+
+
 def test_lora_run_checkpoints_adapters_and_resumes(toy, tmp_path):
     c = config(toy, tmp_path, lora_r=4, lora_alpha=8, max_steps=4, save_every=2)
     full = run(c)
