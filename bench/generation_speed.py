@@ -20,12 +20,10 @@ import time
 
 import torch
 
-from rlxf.data import arithmetic_rows
-from rlxf.eval.accuracy import encode_prompts
+from rlxf.data import arithmetic_rows, encode_prompts, pad_left
 from rlxf.models import load_policy
 from rlxf.models.layout import use_kn_layout
-from rlxf.rollout import TransformersGenerator, pad_left
-from rlxf.rollout.llama_backend import FastLlamaGenerator
+from rlxf.rollout import FastLlamaGenerator, TransformersGenerator
 
 SHAPES = {"rl": (8, 4, 32, False), "eval": (100, 1, 48, True)}  # prompts, samples, new tokens, greedy
 

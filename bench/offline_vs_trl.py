@@ -213,9 +213,11 @@ class _Tokens:
 
 def batch_order(ids: list[dict], steps: int, seed: int) -> list[list[int]]:
     """The recipe's own batch plan (length-bucketed, seeded) for ``steps`` steps: both sides train on these."""
-    from rlxf.recipes.preference import Config, batch_for_step, make_batches
+    from rlxf.data import batch_for_step, make_batches
+    from rlxf.recipes.preference import Config
 
-    batches = make_batches([_Tokens(d) for d in ids], BATCH_PAIRS, Config.bucket_window, seed)
+    batches = make_batches([_Tokens(d) for d in ids], BATCH_PAIRS, Config.bucket_window, seed,
+                           length=lambda t: len(t.prompt_ids) + max(len(t.chosen_ids), len(t.rejected_ids)))
     return [batch_for_step(batches, s, seed) for s in range(steps)]
 
 
@@ -258,24 +260,25 @@ def worker_rlxf(job: dict) -> dict:
     """rlxf's preference recipe: the trainer from a Config, then one ``train_step`` per step."""
     sampler = RssSampler()
     _worker_common(job)
+    from rlxf.data import batch_for_step
     from rlxf.recipes import preference as recipe
 
     t0 = time.perf_counter()
     sampler.set_phase("init")
     config = recipe.Config(
         model=job["model_dir"], data=job["data"], eval_fraction=0.0, max_prompt_tokens=PROMPT_TOKENS,
-        max_completion_tokens=REPLY_TOKENS + 1, objective="dpo", beta=job["beta"], batch_size=BATCH_PAIRS,
+        max_completion_tokens=REPLY_TOKENS + 1, objective="dpo", loss={"beta": job["beta"]}, batch_size=BATCH_PAIRS,
         micro_batch_size=job["micro"], gradient_checkpointing=job["ckpt"], max_steps=job["steps"], lr=job["lr"],
         warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, precision=job["precision"], threads=job["threads"], device="cpu", seed=job["seed"],
         ref_cache=True, progress=False, output_dir=job["tmp"])
-    trainer = recipe.Trainer(config)
+    trainer = recipe.PairedTrainer(config)
     init_s = time.perf_counter() - t0
     got = [{"prompt_ids": list(p.prompt_ids), "chosen_ids": list(p.chosen_ids), "rejected_ids": list(p.rejected_ids)}
            for p in trainer.data.train]
     if got != job["ids"]:
         raise RuntimeError("rlxf tokenised the pairs differently from the bench's expected ids")
-    if [recipe.batch_for_step(trainer.batches, s, config.seed) for s in range(job["steps"])] != job["batches"]:
+    if [batch_for_step(trainer.batches, s, config.seed) for s in range(job["steps"])] != job["batches"]:
         raise RuntimeError("rlxf's batch plan differs from the one the bench computed")
     # The first rlxf run of a model and precision starts from an empty RLXF_CACHE, so its reference pass is timed;
     # a second one (another micro-batch size) finds the same key on disk, as a user's second run would.

@@ -7,6 +7,7 @@ A recipe declares its knobs once, as a dataclass whose fields are made with :fun
         lr: float = option(1e-6, "Peak learning rate of AdamW.")
         objective: Literal["grpo", "rloo"] = option("grpo", "Policy loss, see `rlxf list`.")
         time_budget_s: float | None = option(None, "Stop after this many seconds (null: no limit).")
+        loss: dict[str, Any] = option({}, "Loss hyperparameters, loss.<name>=value.")
 
 and everything else follows from the field types: :func:`build_config` applies presets then overrides,
 checking and converting each value (one-line :class:`ConfigError` on any problem); :func:`config_to_yaml`
@@ -21,14 +22,24 @@ field type         accepted values
 ``int``            integers; integral floats and strings (``1e3`` -> 1000)
 ``float``          numbers; strings that Python's ``float`` reads (YAML reads ``1e-5`` as a str)
 ``bool``           true/false, yes/no, on/off, 1/0 (any case)
-``str``            the text as written (``name=123`` is ``"123"``; quote to keep YAML quoting)
+``str``, ``Path``  the text as written (``name=123`` is ``"123"``; quote to keep YAML quoting)
 ``X | None``       ``null``, ``none``, ``~`` or an empty value for None, else an ``X``
 ``Literal[...]``   one of the listed values
 ``list[X]``        a YAML list ``[1, 2]`` or comma-separated ``1,2``; a single value is a 1-list
+``tuple[X, Y]``    as a list, one value per element type
+``dict[str, X]``   a group: ``loss.beta=0.1`` sets one key, ``loss={beta: 0.1}`` replaces the dict
+``Any``            the YAML value as it is
 =================  ===========================================================================
 
-Keys may be spelt with ``-`` or ``_`` (``time-budget-s`` is ``time_budget_s``). A preset may carry a
-``recipe:`` key naming the recipe it was written for; it documents the file and is otherwise ignored.
+A dict field is a group of settings that its recipe checks later (e.g. a loss's hyperparameters against
+the loss's signature), so a group value is kept as YAML reads it (``0.1``, ``null``, ``js``; note ``1e-5``
+stays a str until then). On the command line ``loss.beta=0.1`` sets one key over what the presets gave
+(later wins per key) and ``loss={beta: 0.1}`` replaces the whole dict; in a preset, ``loss: {beta: 0.1}``
+(or a block mapping) merges over the default and earlier presets key by key, as ``loss.beta: 0.1`` does.
+
+Keys may be spelt with ``-`` or ``_`` (``time-budget-s`` is ``time_budget_s``), keys inside a group too: they
+are identifiers. A preset may carry a ``recipe:`` key naming the recipe it was written for; it documents the
+file and is otherwise ignored.
 """
 from __future__ import annotations
 
@@ -36,18 +47,21 @@ import copy
 import dataclasses
 import difflib
 import functools
+import inspect
 import math
 import textwrap
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, NamedTuple, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 __all__ = [
     "ConfigError",
+    "Entry",
     "build_config",
+    "coerce_value",
     "config_from_yaml",
     "config_help",
     "config_to_yaml",
@@ -62,10 +76,21 @@ _FALSE = frozenset({"false", "no", "off", "0", "n"})
 _NULL = frozenset({"null", "none", "~"})
 # The documentation key a preset may carry (see module docstring).
 _RECIPE_KEY = "recipe"
+_NO_WRAP = 10**9  # a YAML width that keeps every value on its key's line
 
 
 class ConfigError(ValueError):
     """A config problem the user can fix. The message is one line naming the key, file or value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """Where a command lives: ``module`` defines ``Config`` and ``run(config) -> dict``; ``preset`` is a file name
+    in ``rlxf/presets/`` or a path."""
+
+    module: str
+    preset: str | None
+    summary: str
 
 
 def option(default: Any, help: str, *, choices: Iterable[Any] | None = None) -> Any:
@@ -86,43 +111,52 @@ def option(default: Any, help: str, *, choices: Iterable[Any] | None = None) -> 
     return dataclasses.field(default=default, metadata=metadata)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Spec:
+class _Spec(NamedTuple):
     """What the config machinery needs to know about one field."""
 
     name: str
     type: Any
-    help: str
-    choices: tuple[Any, ...] | None
     field: dataclasses.Field
+
+    @property
+    def help(self) -> str:
+        return self.field.metadata.get("help", "")
 
     @property
     def required(self) -> bool:
         return self.field.default is dataclasses.MISSING and self.field.default_factory is dataclasses.MISSING
 
     def default(self) -> Any:
-        if self.field.default_factory is not dataclasses.MISSING:
-            return self.field.default_factory()
-        return self.field.default
+        f = self.field
+        return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
 
 
 def _specs(cls: type) -> dict[str, _Spec]:
-    """Field specs of a config dataclass in declaration order. ``get_type_hints`` resolves the string
-    annotations that ``from __future__ import annotations`` leaves behind."""
+    """Field specs of a config dataclass in dataclass order (inherited fields first). ``get_type_hints``
+    resolves the string annotations that ``from __future__ import annotations`` leaves behind."""
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"expected a dataclass type, got {cls!r}")
     hints = get_type_hints(cls)
-    specs = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        choices = f.metadata.get("choices")
-        specs[f.name] = _Spec(f.name, hints.get(f.name, Any), f.metadata.get("help", ""), choices, f)
-    return specs
+    return {f.name: _Spec(f.name, hints.get(f.name, Any), f) for f in dataclasses.fields(cls) if f.init}
+
+
+def _listed(cls: type) -> list[_Spec]:
+    """The specs in reading order for help and saved YAML: the fields the class declares itself first, then
+    those of its nearest base, and so on (dataclasses put inherited fields first, i.e. the shared run options
+    before the recipe's own knobs)."""
+    position: dict[str, int] = {}
+    for klass in cls.__mro__:
+        for name in inspect.get_annotations(klass):
+            position.setdefault(name, len(position))
+    return sorted(_specs(cls).values(), key=lambda spec: position.get(spec.name, len(position)))
 
 
 def _norm_key(key: str) -> str:
     return key.strip().replace("-", "_")
+
+
+def _is_group(spec: _Spec) -> bool:
+    return (get_origin(spec.type) or spec.type) is dict
 
 
 # ---------------------------------------------------------------------------------------------- coercion
@@ -157,121 +191,131 @@ def _as_text(value: Any, text: str | None) -> str | None:
     retype ``123``/``yes``) unless it was quoted; from YAML files, strings and numbers."""
     if text is not None and not _is_quoted(text):
         return text
-    if isinstance(value, str):
-        return value
+    if isinstance(value, str | Path):
+        return str(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return None
 
 
-def _split_list(text: str) -> list[str]:
-    return [piece.strip() for piece in text.split(",") if piece.strip()]
+# One coercer per type (or generic origin): (value as YAML read it, the type, the command-line text or None)
+# -> the converted value, or _Mismatch.
 
 
-def _coerce(value: Any, tp: Any, text: str | None) -> Any:
-    """``value`` (YAML-parsed; ``text`` is the raw command-line text, None for values from files)
-    converted to ``tp``, or ``_Mismatch``."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if type(None) in args and _is_null(value, text):
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, text)
-            except _Mismatch:
-                pass
+def _to_none(value: Any, tp: Any, text: str | None) -> None:
+    if not _is_null(value, text):
         raise _Mismatch
-    if tp is type(None):
-        if _is_null(value, text):
-            return None
+
+
+def _to_union(value: Any, tp: Any, text: str | None) -> Any:
+    # None is tried first so that `null` is None for `str | None`, not the string "null".
+    for arg in sorted(get_args(tp), key=lambda a: a is not type(None)):
+        try:
+            return _coerce(value, arg, text)
+        except _Mismatch:
+            pass
+    raise _Mismatch
+
+
+def _to_literal(value: Any, tp: Any, text: str | None) -> Any:
+    args = get_args(tp)
+    # type() equality so that True does not match a Literal 1 (bool is an int); then the text for str values.
+    hits = [a for a in args if type(a) is type(value) and a == value]
+    hits += [a for a in args if isinstance(a, str) and a == _as_text(value, text)]
+    if not hits:
         raise _Mismatch
-    if origin is Literal:
-        for arg in get_args(tp):
-            # type() equality so that True does not match a Literal 1 (bool is an int).
-            if type(value) is type(arg) and value == arg:
-                return arg
-        as_text = _as_text(value, text)
-        for arg in get_args(tp):
-            if isinstance(arg, str) and as_text == arg:
-                return arg
-        raise _Mismatch
-    if tp in (list, tuple) or origin in (list, tuple):
-        return _coerce_sequence(value, tp, text)
-    if tp is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise _Mismatch from None
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            return int(value)
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if tp is str or tp is Path:
-        if isinstance(value, Path):
-            return tp(value)
-        as_text = _as_text(value, text)
-        if as_text is None:
-            raise _Mismatch
-        return tp(as_text)
-    if isinstance(tp, type) and isinstance(value, tp):
+    return hits[0]
+
+
+def _to_bool(value: Any, tp: Any, text: str | None) -> bool:
+    if isinstance(value, int) and value in (0, 1):  # True and False are ints too
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _Mismatch
+
+
+def _to_float(value: Any, tp: Any, text: str | None) -> float:
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise _Mismatch from None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise _Mismatch
+
+
+def _to_int(value: Any, tp: Any, text: str | None) -> int:
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            value = _to_float(value, float, text)  # "1e3" and "4.0" are integral
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise _Mismatch
 
 
-def _coerce_sequence(value: Any, tp: Any, text: str | None) -> list | tuple:
-    args = get_args(tp)
-    container = get_origin(tp) or tp
+def _to_text(value: Any, tp: Any, text: str | None) -> str | Path:
+    as_text = _as_text(value, text)
+    if as_text is None:
+        raise _Mismatch
+    return tp(as_text)
+
+
+def _to_sequence(value: Any, tp: Any, text: str | None) -> list | tuple:
     if isinstance(value, list | tuple):
         items = [(v, None) for v in value]
     elif value is None and not text:
         items = []  # `key=` on the command line: the empty list
     elif text is not None or isinstance(value, str):
-        pieces = _split_list(text if text is not None else value)
-        items = [(_yaml_value(p), p if text is not None else None) for p in pieces]
+        pieces = [p.strip() for p in (value if text is None else text).split(",") if p.strip()]
+        items = [(_yaml_value(p), None if text is None else p) for p in pieces]
     else:
         items = [(value, None)]  # a lone scalar is a one-element list
+    container, args = get_origin(tp) or tp, get_args(tp)
     if container is tuple and args and args[-1] is not Ellipsis:
         if len(items) != len(args):
             raise _Mismatch
         return tuple(_coerce(v, a, t) for (v, t), a in zip(items, args, strict=True))
-    item_type = args[0] if args else Any
-    return container(_coerce(v, item_type, t) for v, t in items)
+    return container(_coerce(v, args[0] if args else Any, t) for v, t in items)
+
+
+def _to_dict(value: Any, tp: Any, text: str | None) -> dict:
+    if not isinstance(value, dict):
+        raise _Mismatch
+    return {_norm_key(k) if isinstance(k, str) else k: v for k, v in value.items()}
+
+
+_COERCERS: dict[Any, Callable[[Any, Any, str | None], Any]] = {
+    Any: lambda value, tp, text: value,
+    type(None): _to_none,
+    Union: _to_union,
+    types.UnionType: _to_union,
+    Literal: _to_literal,
+    bool: _to_bool,
+    int: _to_int,
+    float: _to_float,
+    str: _to_text,
+    Path: _to_text,
+    list: _to_sequence,
+    tuple: _to_sequence,
+    dict: _to_dict,
+}
+
+
+def _coerce(value: Any, tp: Any, text: str | None) -> Any:
+    """``value`` (YAML-parsed; ``text`` is the raw command-line text, None for values from files)
+    converted to ``tp`` by the coercer of its type or generic origin, or ``_Mismatch``."""
+    coercer = _COERCERS.get(get_origin(tp) or tp)
+    if coercer is not None:
+        return coercer(value, tp, text)
+    if isinstance(tp, type) and isinstance(value, tp):  # any other class: its instances pass as they are
+        return value
+    raise _Mismatch
 
 
 def _type_name(tp: Any, *, short: bool = False) -> str:
@@ -296,33 +340,27 @@ def _type_name(tp: Any, *, short: bool = False) -> str:
 
 def _choices(spec: _Spec) -> tuple[Any, ...] | None:
     """Allowed values from ``option(choices=...)`` or a Literal type (possibly inside ``| None``)."""
-    if spec.choices is not None:
-        return spec.choices
+    if spec.field.metadata.get("choices") is not None:
+        return spec.field.metadata["choices"]
     tp = spec.type
     if get_origin(tp) in (Union, types.UnionType):
         literals = [a for a in get_args(tp) if get_origin(a) is Literal]
         tp = literals[0] if len(literals) == 1 else tp
-    if get_origin(tp) is Literal:
-        return get_args(tp)
-    return None
+    return get_args(tp) if get_origin(tp) is Literal else None
 
 
 def _suggest(word: Any, candidates: Iterable[Any]) -> str:
-    """`` (did you mean 'x'?)``-style suffix, or empty."""
+    """``; did you mean 'x'?``-style suffix, or empty."""
     if not isinstance(word, str):
         return ""
     names = [str(c) for c in candidates]
-    matches = difflib.get_close_matches(word, names, n=1)
-    if not matches:
-        matches = [n for n in names if n.lower() == word.lower()]
+    matches = difflib.get_close_matches(word, names, n=1) or [n for n in names if n.lower() == word.lower()]
     return f"; did you mean '{matches[0]}'?" if matches else ""
 
 
 def _shown(value: Any, text: str | None) -> str:
     """How a rejected value is quoted in an error: the text as typed, or the YAML value with its type."""
-    if text is not None:
-        return repr(text)
-    return f"{value!r} ({type(value).__name__})"
+    return repr(text) if text is not None else f"{value!r} ({type(value).__name__})"
 
 
 def _coerce_field(spec: _Spec, value: Any, text: str | None, where: str) -> Any:
@@ -332,18 +370,25 @@ def _coerce_field(spec: _Spec, value: Any, text: str | None, where: str) -> Any:
         choices = _choices(spec)
         hint = _suggest(_as_text(value, text), choices) if choices else ""
         raise ConfigError(
-            f"bad value for '{spec.name}' {where}: expected {_type_name(spec.type)}, "
-            f"got {_shown(value, text)}{hint}"
+            f"bad value for '{spec.name}' {where}: expected {_type_name(spec.type)}, got {_shown(value, text)}{hint}"
         ) from None
-    if spec.choices is not None:
-        for item in result if isinstance(result, list | tuple) else [result]:
-            if item is not None and item not in spec.choices:
-                listed = ", ".join(repr(c) for c in spec.choices)
-                raise ConfigError(
-                    f"bad value for '{spec.name}' {where}: {item!r} is not one of {listed}"
-                    f"{_suggest(item, spec.choices)}"
-                )
+    allowed = spec.field.metadata.get("choices")
+    for item in result if isinstance(result, list | tuple) else [result]:
+        if allowed is not None and item is not None and item not in allowed:
+            listed = ", ".join(repr(c) for c in allowed)
+            raise ConfigError(
+                f"bad value for '{spec.name}' {where}: {item!r} is not one of {listed}{_suggest(item, allowed)}"
+            )
     return result
+
+
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
+    """``value`` (as YAML reads it) converted to the type hint ``tp`` by the rules of the module docstring's table,
+    or a one-line ConfigError naming ``where`` (e.g. "for 'loss.beta' of objective 'dpo'")."""
+    try:
+        return _coerce(value, tp, None)
+    except _Mismatch:
+        raise ConfigError(f"bad value {where}: expected {_type_name(tp)}, got {_shown(value, None)}") from None
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -375,31 +420,54 @@ def _read_preset(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"preset {path} must be a YAML mapping of key: value lines, got a {type(data).__name__}"
-        )
+        raise ConfigError(f"preset {path} must be a YAML mapping of key: value lines, got a {type(data).__name__}")
     for key in data:
         if not isinstance(key, str):
             raise ConfigError(f"preset {path} has a non-string key {key!r}; keys are config field names")
     return data
 
 
-def _presets(preset: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
-    if preset is None:
-        return []
-    if isinstance(preset, str | Path):
-        return [preset]
-    return list(preset)
-
-
 def _lookup(specs: dict[str, _Spec], key: str, where: str) -> _Spec:
     spec = specs.get(_norm_key(key))
     if spec is not None:
         return spec
-    hint = _suggest(_norm_key(key), specs)
-    if not hint:
-        hint = "; valid keys: " + ", ".join(specs)
+    hint = _suggest(_norm_key(key), specs) or "; valid keys: " + ", ".join(specs)
     raise ConfigError(f"unknown config key '{key}' {where}{hint}")
+
+
+def _group(specs: dict[str, _Spec], key: str, where: str) -> tuple[_Spec, str]:
+    """The dict field and the key inside it that a dotted ``group.key`` names, or a one-line ConfigError."""
+    name, _, sub = (_norm_key(part) for part in key.partition("."))
+    spec = specs.get(name)
+    if spec is not None and _is_group(spec):
+        if not sub:
+            raise ConfigError(f"missing key after '{name}.' {where}")
+        return spec, sub
+    groups = [s.name for s in specs.values() if _is_group(s)]
+    hint = _suggest(name, groups) or (f"; groups: {', '.join(groups)}" if groups else "; this config has no groups")
+    if spec is None:
+        raise ConfigError(f"unknown config group '{name}' {where}{hint}")
+    raise ConfigError(f"config key '{name}' {where} takes one value ({_type_name(spec.type)}), not {name}.<key>{hint}")
+
+
+def _apply(specs: dict[str, _Spec], values: dict[str, Any], item: tuple[str, Any, str | None, str], merge: bool):
+    """Set one ``(key, value, text, where)`` in ``values``. A dotted ``group.key`` sets one key of a dict field;
+    a whole dict merges into the field's dict so far when ``merge`` (presets), else replaces it."""
+    key, value, text, where = item
+    if "." in key:
+        spec, sub = _group(specs, key, where)
+        values[spec.name] = {**_so_far(spec, values), sub: value}
+        return
+    spec = _lookup(specs, key, where)
+    result = _coerce_field(spec, value, text, where)
+    values[spec.name] = {**_so_far(spec, values), **result} if merge and _is_group(spec) else result
+
+
+def _so_far(spec: _Spec, values: dict[str, Any]) -> dict:
+    """A dict field's value before the next setting: the one given so far, else the default."""
+    if spec.name in values:
+        return values[spec.name]
+    return {} if spec.required else spec.default()
 
 
 def build_config(
@@ -409,29 +477,24 @@ def build_config(
 ) -> Any:
     """An instance of the config dataclass ``cls``: field defaults, then each preset file in order (a
     path or a list of paths), then ``overrides`` in order (``"key=value"`` strings, or a mapping of
-    already-typed values for use from Python). Later values win.
+    already-typed values for use from Python). Later values win; a dict field merges by key (module docstring).
 
     Every value is checked and converted against its field's type; a ``ValueError`` from the dataclass's
     ``__post_init__`` (cross-field checks) is re-raised as :class:`ConfigError`.
     """
     specs = _specs(cls)
     values: dict[str, Any] = {}
-    for path in _presets(preset):
+    for path in [preset] if isinstance(preset, str | Path) else preset or ():
         for key, value in _read_preset(path).items():
-            if _norm_key(key) == _RECIPE_KEY and _RECIPE_KEY not in specs:
-                continue
-            spec = _lookup(specs, key, f"in preset {path}")
-            values[spec.name] = _coerce_field(spec, value, None, f"in preset {path}")
+            if _norm_key(key) != _RECIPE_KEY or _RECIPE_KEY in specs:
+                _apply(specs, values, (key, value, None, f"in preset {path}"), merge=True)
     if isinstance(overrides, Mapping):
         items = [(str(k), v, None, f"in overrides {{{k!r}: {v!r}}}") for k, v in overrides.items()]
     else:
-        items = []
-        for item in overrides:
-            key, text = parse_override(item)
-            items.append((key, _yaml_value(text), text, f"in override '{item}'"))
-    for key, value, text, where in items:
-        spec = _lookup(specs, key, where)
-        values[spec.name] = _coerce_field(spec, value, text, where)
+        items = [(key, _yaml_value(text), text, f"in override '{item}'")
+                 for item in overrides for key, text in [parse_override(item)]]
+    for item in items:
+        _apply(specs, values, item, merge=False)
     missing = [s.name for s in specs.values() if s.required and s.name not in values]
     if missing:
         raise ConfigError(f"missing required config key(s) {', '.join(missing)}; set them with key=value")
@@ -470,8 +533,8 @@ def config_to_yaml(cfg: Any, *, recipe: str | None = None) -> str:
     cls = type(cfg)
     lines = [f"# rlxf config {cls.__module__}.{cls.__qualname__}; a valid PRESET.yaml for rlxf train/eval"]
     if recipe is not None:
-        lines.append(yaml.safe_dump({_RECIPE_KEY: recipe}, width=10**9).rstrip("\n"))
-    for spec in _specs(cls).values():
+        lines.append(yaml.safe_dump({_RECIPE_KEY: recipe}, width=_NO_WRAP).rstrip("\n"))
+    for spec in _listed(cls):
         lines.append("")
         for paragraph in spec.help.splitlines():
             lines.extend("# " + line for line in textwrap.wrap(paragraph, 106) or [""])
@@ -479,17 +542,17 @@ def config_to_yaml(cfg: Any, *, recipe: str | None = None) -> str:
         if choices:
             lines.append("# choices: " + ", ".join(_format_value(c) for c in choices))
         value = _plain(getattr(cfg, spec.name))
-        if isinstance(value, list | dict):  # flow style keeps a collection on its key's line: [1, 2]
-            dumped = f"{spec.name}: " + yaml.safe_dump(value, default_flow_style=True, width=10**9)
-        else:
-            dumped = yaml.safe_dump({spec.name: value}, allow_unicode=True, width=10**9)
-        lines.append(dumped.rstrip("\n"))
+        # Flow style keeps a collection on its key's line: [1, 2], {beta: 0.1}.
+        flow = isinstance(value, list | dict)
+        dumped = yaml.safe_dump(value if flow else {spec.name: value}, default_flow_style=flow or None,
+                                allow_unicode=True, width=_NO_WRAP)
+        lines.append((f"{spec.name}: " if flow else "") + dumped.rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
 def _format_value(value: Any) -> str:
-    """A value as it would be typed on the command line: ``null``, ``true``, ``1e-05``, ``[1, 2]``;
-    strings are quoted only when YAML would read them as something else."""
+    """A value as it would be typed on the command line: ``null``, ``true``, ``1e-05``, ``[1, 2]``,
+    ``{beta: 0.1}``; strings are quoted only when YAML would read them as something else."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -501,6 +564,8 @@ def _format_value(value: Any) -> str:
         return value if plain else repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return yaml.safe_dump(_plain(value), default_flow_style=True, allow_unicode=True, width=_NO_WRAP).strip()
     return repr(value)
 
 
@@ -511,28 +576,24 @@ def config_help(cls_or_cfg: Any, *, width: int = 110) -> str:
     that instance's values as the defaults.
     """
     cfg = None if isinstance(cls_or_cfg, type) else cls_or_cfg
-    cls = cls_or_cfg if cfg is None else type(cfg)
     rows = [("name", "type", "default", "help")]
-    for spec in _specs(cls).values():
+    for spec in _listed(type(cfg) if cfg is not None else cls_or_cfg):
         if cfg is not None:
             default = _format_value(getattr(cfg, spec.name))
         else:
             default = "(required)" if spec.required else _format_value(spec.default())
-        help_text = " ".join(spec.help.split())
         choices = _choices(spec)
-        if choices:
-            listed = ", ".join(_format_value(c) for c in choices)
-            help_text = f"{help_text} One of: {listed}" if help_text else f"One of: {listed}"
+        listed = "One of: " + ", ".join(_format_value(c) for c in choices) if choices else ""
+        help_text = " ".join(f"{spec.help} {listed}".split())
         rows.append((spec.name, _type_name(spec.type, short=True), default, help_text))
     name_w = max(len(r[0]) for r in rows)
     type_w = min(max(len(r[1]) for r in rows), 16)
     default_w = min(max(len(r[2]) for r in rows), 20)
     help_col = 2 + name_w + 2 + type_w + 2 + default_w + 2
-    help_w = max(30, width - help_col)
     lines = []
     for name, type_name, default, help_text in rows:
         left = f"  {name:<{name_w}}  {type_name:<{type_w}}  {default:<{default_w}}  "
-        wrapped = textwrap.wrap(help_text, help_w) or [""]
+        wrapped = textwrap.wrap(help_text, max(30, width - help_col)) or [""]
         if len(left) > help_col:  # a long type or default pushes the help onto the lines below
             lines.append(left.rstrip())
         else:

@@ -39,18 +39,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlxf.data.batching import held_out_indices
 from rlxf.data.prompts import DataError, _json_type, _messages_problems, _summary, read_jsonl
+from rlxf.types import TokenizedPair, TokenizedUnpaired
 
 __all__ = [
     "HH_ASSISTANT",
     "PAIRED_FORMATS",
     "PreferenceData",
     "PreferencePair",
+    "PreferenceSplit",
     "TokenizedPair",
     "TokenizedUnpaired",
     "UnpairedExample",
     "data_fingerprint",
     "default_preference_data",
+    "load_preference_split",
     "load_preferences",
     "pairs_to_unpaired",
     "tokenize_pairs",
@@ -101,31 +105,6 @@ class PreferenceData:
     @property
     def paired(self) -> bool:
         return self.format != "unpaired"
-
-
-@dataclass(frozen=True)
-class TokenizedPair:
-    """Token ids of one pair after truncation. ``*_truncated`` record whether anything was cut."""
-
-    prompt_ids: tuple[int, ...]
-    chosen_ids: tuple[int, ...]
-    rejected_ids: tuple[int, ...]
-    source: str
-    chosen_score: float | None = None
-    rejected_score: float | None = None
-    group: str | None = None
-    prompt_truncated: bool = False
-    completion_truncated: bool = False
-
-
-@dataclass(frozen=True)
-class TokenizedUnpaired:
-    prompt_ids: tuple[int, ...]
-    completion_ids: tuple[int, ...]
-    label: bool
-    source: str
-    prompt_truncated: bool = False
-    completion_truncated: bool = False
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -440,3 +419,52 @@ def data_fingerprint(rows: Sequence[TokenizedPair] | Sequence[TokenizedUnpaired]
         else:
             h.update(json.dumps([r.prompt_ids, r.completion_ids, r.label]).encode())
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ splitting
+
+
+@dataclass
+class PreferenceSplit:
+    """What an offline preference run trains and evaluates on, tokenised."""
+
+    train: list[TokenizedPair] | list[TokenizedUnpaired]
+    eval: list[TokenizedPair]  # held-out pairs (empty for unpaired-only data without eval_data)
+    problems: list[str]  # file:line of every skipped bad row (strict=False)
+    eval_sources: list[str]  # file:line of every held-out pair
+    format: str
+
+
+def load_preference_split(
+    data: str, tokenizer: Any, *, eval_data: str | None, eval_fraction: float, eval_size: int, split_seed: int,
+    strict: bool, max_prompt_tokens: int, max_completion_tokens: int, unpaired: bool,
+) -> PreferenceSplit:
+    """Train and held-out rows of a preference file, checked and tokenised (bad rows raise a DataError naming
+    file:line before anything is trained). Held out: every row of ``eval_data`` (pairs), else a seeded sample of
+    ``eval_size`` rows (else ``eval_fraction`` of them) of a paired ``data``. ``unpaired``: train on unpaired rows
+    (a paired file is read as two rows per pair, chosen desirable and rejected not)."""
+    loaded = load_preferences(data, strict=strict)
+    problems = list(loaded.problems)
+    if not loaded.paired and not unpaired:
+        raise DataError(f"{loaded.path}: unpaired (prompt/completion/label) rows train with an unpaired loss "
+                        f"(`rlxf train kto`)")
+    limits = {"max_prompt_tokens": max_prompt_tokens, "max_completion_tokens": max_completion_tokens}
+    rows = list(loaded.rows)
+    if eval_data:
+        held = load_preferences(eval_data, strict=strict)
+        problems += held.problems
+        if not held.paired:
+            raise DataError(f"{held.path}: held-out data must be pairs")
+        eval_rows = list(held.rows)
+    elif loaded.paired:
+        chosen = set(held_out_indices(len(rows), fraction=eval_fraction, size=eval_size, seed=split_seed))
+        eval_rows = [r for i, r in enumerate(rows) if i in chosen]
+        rows = [r for i, r in enumerate(rows) if i not in chosen]
+    else:
+        eval_rows = []
+    if unpaired:
+        train = tokenize_unpaired(pairs_to_unpaired(rows) if loaded.paired else rows, tokenizer, **limits)
+    else:
+        train = tokenize_pairs(rows, tokenizer, **limits)
+    held_out = tokenize_pairs(eval_rows, tokenizer, **limits)
+    return PreferenceSplit(train, held_out, problems, [r.source for r in eval_rows], loaded.format)

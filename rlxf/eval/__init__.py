@@ -1,21 +1,22 @@
-"""Evaluation: what the papers measure. ``EVALS`` maps ``rlxf eval <name>`` to its module."""
+"""Evaluation: what the papers measure. ``EVALS`` maps ``rlxf eval <name>`` to the module of its command."""
 from __future__ import annotations
 
-from rlxf.recipes import RecipeEntry
+from rlxf.config import Entry
 
-EVALS: dict[str, RecipeEntry] = {
-    "arithmetic": RecipeEntry(
+EVALS: dict[str, Entry] = {
+    "arithmetic": Entry(
         "rlxf.eval.accuracy",
         None,
         "Greedy (and pass@k) accuracy of a policy on held-out 'What is a+b?' problems with a 95% interval.",
     ),
-    "reward-model": RecipeEntry(
+    "reward-model": Entry(
         "rlxf.eval.reward_model",
         None,
         "Accuracy, calibration and length bias of a reward model / judge / DPO policy on HH held-out and LLMBar.",
     ),
-    "preference": RecipeEntry(
-        "rlxf.eval.preference",
+    "preference": Entry(
+        # The command reads offline runs, so it lives with the offline recipes; the metrics are this package's.
+        "rlxf.recipes.preference_eval",
         None,
         "Held-out preference accuracy, margin, ranking accuracy and log-probs of a `rlxf train dpo` run (run=DIR).",
     ),

@@ -6,6 +6,7 @@ correct when the last integer of the reply is a+b.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,22 +14,11 @@ from typing import Any
 import torch
 
 from rlxf.config import option
+from rlxf.data import arithmetic_rows, context_of, encode_prompts
 from rlxf.eval.stats import pass_at_k, wilson_interval
-from rlxf.rollout import TransformersGenerator
-
-
-def encode_prompts(tokenizer, rows: list[dict[str, Any]]) -> list[list[int]]:
-    """Chat-template each row and tokenize without adding special tokens (the template already has them)."""
-    from rlxf.data import render_prompt
-
-    texts = [render_prompt(tokenizer, row) for row in rows]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-
-def context_of(rows: list[dict[str, Any]], repeat: int = 1) -> dict[str, list]:
-    """Per-completion context lists (every field but the prompt), each row repeated ``repeat`` times."""
-    keys = sorted({k for r in rows for k in r} - {"prompt", "messages"})
-    return {k: [r.get(k) for r in rows for _ in range(repeat)] for k in keys}
+from rlxf.feedback import make_feedback
+from rlxf.models import load_policy
+from rlxf.rollout import Generator, TransformersGenerator
 
 
 def _correct(scores) -> list[bool]:
@@ -50,17 +40,19 @@ def evaluate_accuracy(
     seed: int = 0,
     autocast_dtype: torch.dtype | None = None,
     prompt_ids: list[list[int]] | None = None,
+    generator: Generator | None = None,
 ) -> dict[str, Any]:
     """Greedy accuracy (``samples == 1``) or pass@1..k from ``samples`` sampled replies per prompt.
+
+    Replies come from ``generator`` (default: a ``TransformersGenerator`` on ``model`` with ``autocast_dtype``).
 
     Returns ``n``, ``correct``, ``accuracy``, ``ci95`` (Wilson), ``mean_completion_tokens``, ``seconds``,
     ``replies`` (text and verdict per item) and, when sampling, ``pass@k`` for k = 1, 2, 4, ... <= samples.
     """
     prompt_ids = prompt_ids if prompt_ids is not None else encode_prompts(tokenizer, rows)
-    eos = {tokenizer.eos_token_id}
-    generator = TransformersGenerator(
-        model, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id, autocast_dtype=autocast_dtype
-    )
+    generator = generator or TransformersGenerator(
+        model, eos_token_ids={tokenizer.eos_token_id}, pad_token_id=tokenizer.pad_token_id,
+        autocast_dtype=autocast_dtype)
     rng = torch.Generator().manual_seed(seed)
     greedy = samples == 1
     texts, lengths, t0 = [], [], time.perf_counter()
@@ -123,12 +115,6 @@ class Config:
 
 
 def run(config: Config) -> dict[str, Any]:
-    import json
-
-    from rlxf.data import arithmetic_rows
-    from rlxf.feedback import make_feedback
-    from rlxf.models import load_policy
-
     model, tokenizer = load_policy(config.model)
     rows = arithmetic_rows(config.eval_size, seed=config.eval_seed)
     report = evaluate_accuracy(

@@ -79,3 +79,30 @@ def plot_run(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], out_dir
     fig.legend(loc="upper right")
     _save(fig, out / "length_entropy.png", written)
     return written
+
+
+def plot_reward_model_run(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Write ``accuracy.png`` of a reward-model run: training loss per member, and train / held-out pair accuracy
+    (r_w > r_l) per epoch against chance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    epochs = [r["epoch"] for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in records])
+    ax1.set(xlabel="epoch", ylabel="loss", title="training loss (per member)")
+    ax1.grid(alpha=0.3)
+    if "train_accuracy" in records[0]:
+        ax2.plot(epochs, [r["train_accuracy"] for r in records], label="train")
+    ax2.plot(epochs, [r["heldout_accuracy"] for r in records], label="held out")
+    ax2.axhline(0.5, color="grey", linestyle="--", label="chance")
+    ax2.set(xlabel="epoch", ylabel="pair accuracy", title="accuracy (r_w > r_l)")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    _save(fig, out / "accuracy.png", written)
+    return written

@@ -39,11 +39,17 @@ from typing import Any
 import torch
 
 from rlxf.config import ConfigError, config_to_yaml, option
+from rlxf.data.preferences import UnpairedExample, load_preferences, tokenize_unpaired
 from rlxf.data.prompts import DataError
 from rlxf.eval import rm_metrics as M
 from rlxf.eval.stats import wilson_interval
+from rlxf.feedback import registry
 from rlxf.feedback.base import Scores, check_batch, validate_scores
 from rlxf.feedback.pairwise import validate_preferences
+from rlxf.feedback.reward_model import load as load_reward_model
+from rlxf.models import load_policy
+from rlxf.models.logps import sequence_logps
+from rlxf.runs import RunDir
 
 LLMBAR_SUBSETS = (
     "natural",
@@ -101,8 +107,6 @@ def load_hh(path: str | Path, rows: str = HH_HELDOUT, *, order_seed: int = 0) ->
     """The HH-RLHF pairs of file rows ``rows`` (see the module docstring), read with ``load_preferences``, and
     the problems of the rows in that range that it rejects (skipped; e.g. row 2036 of harmless-base, whose two
     transcripts differ before the last assistant turn)."""
-    from rlxf.data.preferences import load_preferences
-
     data = load_preferences(path, format="hh", strict=False)
     by_index = {_line(p.source) - 1: p for p in data.rows}
     with open(path, "rb") as f:
@@ -201,8 +205,6 @@ class ImplicitReward:
                  max_prompt_tokens: int = 512, max_completion_tokens: int = 512, batch_size: int = 4):
         if not (beta > 0 and math.isfinite(beta)):
             raise ValueError(f"dpo: beta must be a positive number, got {beta}")
-        from rlxf.models import load_policy
-
         self.policy, self.tokenizer = load_policy(policy)
         self.reference = self.policy if reference == policy else load_policy(reference)[0]
         self.beta = beta
@@ -213,8 +215,6 @@ class ImplicitReward:
 
     @torch.no_grad()
     def _seq_logps(self, model, rows) -> torch.Tensor:
-        from rlxf.eval.preference import sequence_logps
-
         model.eval()
         out = []
         for start in range(0, len(rows), self.batch_size):
@@ -225,8 +225,6 @@ class ImplicitReward:
         return torch.cat(out).double()
 
     def __call__(self, prompts: list[str], completions: list[str], **context: Any) -> Scores:
-        from rlxf.data.preferences import UnpairedExample, tokenize_unpaired
-
         n = check_batch(prompts, completions, source=self.name)
         items = list(enumerate(zip(prompts, completions, strict=True)))
         if self.chat_template:
@@ -254,8 +252,6 @@ def resolve_scorer(spec: str, args: dict[str, Any] | None = None):
     reward; ``args`` may set ``reference``, ``beta``, ...), or a saved reward-model directory
     (``rlxf.feedback.load``). ``args`` are keyword arguments for the factory (with a bare name, a ``dpo`` spec
     or a directory; a ``name:...`` feedback spec carries its own)."""
-    from rlxf.feedback import registry
-
     args = dict(args or {})
     name, sep, value = spec.partition(":")
     if name == "dpo":
@@ -271,9 +267,7 @@ def resolve_scorer(spec: str, args: dict[str, Any] | None = None):
             raise ValueError(f"give the scorer's arguments either in the spec ({spec!r}) or in scorer_args, not both")
         return registry.make_feedback(name, **args)
     if Path(spec).is_dir():
-        from rlxf.feedback import load
-
-        return load(spec, **args)
+        return load_reward_model(spec, **args)
     known = ", ".join(sorted(registry.FEEDBACK))
     raise ValueError(f"unknown scorer {spec!r}: not a feedback name ({known}), dpo:POLICY, nor a directory")
 
@@ -444,8 +438,6 @@ def _write(run_dir, config: Config, result: dict[str, Any], records: list[dict])
 
 
 def run(config: Config) -> dict[str, Any]:
-    from rlxf.recipes.run_dir import RunDir
-
     name = config.run_name or f"rm-eval-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = RunDir(Path(config.output_dir) / name).create(config_to_yaml(config, recipe="reward-model"))
     try:

@@ -4,7 +4,7 @@ from rlxf.feedback.base import Feedback, FeedbackError, Scores, check_batch, con
 from rlxf.feedback.code import UnitTestVerifier, build_program, extract_code
 from rlxf.feedback.combine import Gated, LengthPenalty, Normalized, RunningMoments, WeightedSum, overlong_penalty
 from rlxf.feedback.contained import ContainedRewardFunction
-from rlxf.feedback.judges import CritiqueJudge, LocalLM, PairwiseJudge, PointwiseJudge, position_inconsistency
+from rlxf.feedback.judges import CritiqueJudge, PairwiseJudge, PointwiseJudge, position_inconsistency
 from rlxf.feedback.math import MathAnswerVerifier, extract_answer
 from rlxf.feedback.oracles import GoldRewardModel, IntransitiveOracle, make_synthetic_pairs
 from rlxf.feedback.pairwise import BradleyTerryPairwise, PairwiseFeedback
@@ -47,7 +47,6 @@ __all__ = [
     "PointwiseJudge",
     "CritiqueJudge",
     "PairwiseJudge",
-    "LocalLM",
     "position_inconsistency",
     "PairwiseFeedback",
     "BradleyTerryPairwise",

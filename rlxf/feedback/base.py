@@ -10,32 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from rlxf.types import Scores
 
 __all__ = ["FeedbackError", "Scores", "Feedback", "validate_scores", "check_batch", "context_list"]
 
 
 class FeedbackError(ValueError):
     """A feedback was called with, or returned, something that breaks the contract."""
-
-
-@dataclass(frozen=True)
-class Scores:
-    """What a feedback returns for a batch of `B` completions.
-
-    values: float32 `(B,)`, one score per completion, in the feedback's own scale (never normalised here).
-    info: per-item lists, each of length `B`; `info["source"][i]` names the feedback that scored item i.
-    """
-
-    values: Tensor
-    info: dict[str, list[Any]] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.values.shape[0])
 
 
 @runtime_checkable
@@ -78,9 +64,11 @@ def validate_scores(
     """Check that a feedback returned exactly one finite float score per completion.
 
     Checks: `scores` is a `Scores`; `values` is a 1-D floating tensor of length `n`; every `info` value is a
-    list of length `n`. Non-finite values (NaN, +-inf) either raise a FeedbackError naming the items
-    (`on_nonfinite="raise"`), or (`"record"`) are replaced by `fill` and flagged in `info["nonfinite"]`
-    (bool per item) so the replacement is visible downstream rather than silent.
+    list of length `n`; `step_values`, when given, holds `n` 1-D floating tensors (step scores are checked for
+    finiteness like values, but never filled: a non-finite step score always raises). Non-finite values (NaN,
+    +-inf) either raise a FeedbackError naming the items (`on_nonfinite="raise"`), or (`"record"`) are replaced
+    by `fill` and flagged in `info["nonfinite"]` (bool per item) so the replacement is visible downstream rather
+    than silent.
 
     Returns a new `Scores` whose `values` are detached float32 on the CPU; `info` is shared, not copied.
     """
@@ -101,6 +89,7 @@ def validate_scores(
             got = f"length {len(items)}" if isinstance(items, list) else type(items).__name__
             raise FeedbackError(f"{source}: info['{key}'] must be a list of {n} items, got {got}")
 
+    steps = _checked_steps(scores.step_values, n, source)
     values = values.detach().to(device="cpu", dtype=torch.float32)
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
@@ -114,8 +103,24 @@ def validate_scores(
         values = torch.where(bad, torch.full_like(values, fill), values)
         info = dict(scores.info)
         info["nonfinite"] = bad.tolist()
-        return Scores(values, info)
-    return Scores(values, scores.info)
+        return Scores(values, info, steps)
+    return Scores(values, scores.info, steps)
+
+
+def _checked_steps(steps: list[Tensor] | None, n: int, source: str) -> list[Tensor] | None:
+    """Per-item step scores as detached float32 CPU tensors, or a FeedbackError naming the first bad item."""
+    if steps is None:
+        return None
+    if not isinstance(steps, list) or len(steps) != n:
+        raise FeedbackError(f"{source}: Scores.step_values must be a list of {n} tensors")
+    out = []
+    for i, item in enumerate(steps):
+        if not isinstance(item, Tensor) or item.dim() != 1 or not item.is_floating_point():
+            raise FeedbackError(f"{source}: step_values[{i}] must be a 1-D float tensor (one score per step)")
+        if not bool(torch.isfinite(item).all()):
+            raise FeedbackError(f"{source}: step_values[{i}] has non-finite step scores: {item.tolist()}")
+        out.append(item.detach().to(device="cpu", dtype=torch.float32))
+    return out
 
 
 def _source_name(scores: Scores) -> str:

@@ -40,12 +40,12 @@ from torch import Tensor
 
 from rlxf.feedback.base import FeedbackError, Scores, check_batch, context_list
 from rlxf.feedback.pairwise import check_pair_batch
+from rlxf.rollout.lm import LocalLM
 
 __all__ = [
     "TEMPLATE_DIR",
     "DEFAULT_RUBRIC",
     "JudgeLM",
-    "LocalLM",
     "PointwiseJudge",
     "CritiqueJudge",
     "PairwiseJudge",
@@ -132,7 +132,7 @@ def position_inconsistency(scores: Scores) -> float:
 
 
 class JudgeLM(Protocol):
-    """What a judge needs from a language model (`LocalLM` is the real one; tests use fakes)."""
+    """What a judge needs from a language model (`rlxf.rollout.LocalLM` is the real one; tests use fakes)."""
 
     def render(self, message: str) -> str:
         """The full prompt text for one user message (chat template with the reply started)."""
@@ -149,102 +149,6 @@ class JudgeLM(Protocol):
     def generate(self, prompts: list[str], *, max_new_tokens: int) -> list[str]:
         """Greedy continuation of each prompt, at most `max_new_tokens` tokens, as text."""
         ...
-
-
-class LocalLM:
-    """A transformers causal LM and its tokenizer behind the `JudgeLM` interface (CPU or GPU, no grad).
-
-    Args:
-        batch_size: prompts per forward pass (each prompt's K verdicts share its KV cache).
-        chat_template: render messages with the tokenizer's chat template (else the message is the prompt).
-    """
-
-    def __init__(self, model, tokenizer, *, batch_size: int = 4, chat_template: bool = True):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad is None:
-            raise ValueError("the tokenizer has neither a pad nor an EOS token")
-        self.pad_token_id = int(pad)
-
-    @classmethod
-    def load(cls, name_or_path: str = "smollm2", **kwargs: Any) -> LocalLM:
-        """`rlxf.models.load_policy(name_or_path)` wrapped as a judge model."""
-        from rlxf.models import load_policy
-
-        model, tokenizer = load_policy(name_or_path)
-        return cls(model, tokenizer, **kwargs)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def render(self, message: str) -> str:
-        if not self.chat_template:
-            return message
-        messages = [{"role": "user", "content": message}]
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-    def truncate(self, text: str, max_tokens: int, *, keep: Literal["head", "tail"] = "head") -> tuple[str, bool]:
-        ids = self.encode(text)
-        if len(ids) <= max_tokens:
-            return text, False
-        if keep == "head":
-            return self.tokenizer.decode(ids[:max_tokens]) + " [...]", True
-        return "[...] " + self.tokenizer.decode(ids[len(ids) - max_tokens:]), True
-
-    @torch.no_grad()
-    def choice_logps(self, prompts: list[str], choices: Sequence[str]) -> Tensor:
-        from rlxf.models.forward import completion_logprobs
-
-        choice_ids = [self.encode(c) for c in choices]
-        for c, ids in zip(choices, choice_ids, strict=True):
-            if not ids:
-                raise FeedbackError(f"verdict choice {c!r} encodes to no tokens")
-        k, width = len(choice_ids), max(len(ids) for ids in choice_ids)
-        table = torch.full((k, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((k, width), dtype=torch.bool)
-        for j, ids in enumerate(choice_ids):
-            table[j, : len(ids)] = torch.tensor(ids)
-            mask[j, : len(ids)] = True
-        encoded = [self.encode(p) for p in prompts]
-        if any(not ids for ids in encoded):
-            raise FeedbackError("a judge prompt encodes to no tokens")
-        out = torch.empty((len(prompts), k), dtype=torch.float32)
-        # Similar lengths together: left padding of a batch costs as much as the longest prompt.
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-        was_training = self.model.training
-        self.model.eval()  # a judge may share weights with a policy in training: restore its mode after
-        try:
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                logps, _ = completion_logprobs(
-                    self.model, [encoded[i] for i in rows], table.repeat(len(rows), 1), n=k,
-                    pad_token_id=self.pad_token_id,
-                )
-                summed = (logps.float().cpu() * mask.repeat(len(rows), 1)).sum(dim=1)
-                out[rows] = summed.view(len(rows), k)
-        finally:
-            self.model.train(was_training)
-        return out
-
-    def generate(self, prompts: list[str], *, max_new_tokens: int) -> list[str]:
-        from rlxf.rollout import TransformersGenerator
-
-        eos = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        generator = TransformersGenerator(self.model, eos_token_ids=eos, pad_token_id=self.pad_token_id)
-        encoded = [self.encode(p) for p in prompts]
-        texts: list[str] = [""] * len(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            out = generator.generate([encoded[i] for i in rows], max_new_tokens=max_new_tokens, greedy=True)
-            for i, tokens in zip(rows, out.completion_token_lists(), strict=True):
-                texts[i] = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return texts
 
 
 def _resolve_lm(model: str | JudgeLM, batch_size: int, chat_template: bool) -> JudgeLM:

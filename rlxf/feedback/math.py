@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from rlxf.feedback import _math_worker
 from rlxf.feedback.base import FeedbackError, Scores, check_batch, context_list
 from rlxf.feedback.verifiers import _MARKERS, boxed_answer, gsm8k_answer, last_number, parse_number
 
@@ -149,10 +150,9 @@ class MathAnswerVerifier:
             if threading.current_thread() is not threading.main_thread():
                 raise FeedbackError("math: isolation='inline' times checks with SIGALRM, which only works in the "
                                     "main thread; use isolation='process' here")
-            from rlxf.feedback._math_worker import _library, check
 
-            _library()  # import and warm up outside the check's timer
-            return check(gold, answer, raw=request["raw"], timeout_s=self.timeout_s)
+            _math_worker._library()  # import and warm up outside the check's timer
+            return _math_worker.check(gold, answer, raw=request["raw"], timeout_s=self.timeout_s)
         with self._lock:
             if self._worker is None or not self._worker.alive():
                 self._worker = _WorkerProcess(self.memory_mb, self.startup_timeout_s)

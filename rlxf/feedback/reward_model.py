@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from rlxf.feedback.base import Scores, check_batch
+from rlxf.models.reward import AGGREGATIONS, load_reward_model
 
 __all__ = ["RewardModelFeedback", "load"]
 
@@ -26,7 +27,6 @@ class RewardModelFeedback:
 
     def __init__(self, model, *, aggregation: str | None = None, uwo_lambda: float | None = None,
                  batch_size: int = 32):
-        from rlxf.models.reward import AGGREGATIONS
 
         if aggregation is not None and aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown ensemble aggregation {aggregation!r}; one of {', '.join(AGGREGATIONS)}")
@@ -36,8 +36,6 @@ class RewardModelFeedback:
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, *, device: str = "cpu", **kwargs: Any) -> RewardModelFeedback:
-        from rlxf.models.reward import load_reward_model
-
         return cls(load_reward_model(path, device=device), **kwargs)
 
     def __call__(self, prompts: list[str], completions: list[str], **context: list[Any]) -> Scores:

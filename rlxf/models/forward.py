@@ -14,9 +14,10 @@ with the log-softmax chunk by chunk, so no ``(N, T, V)`` float32 tensor ever exi
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
 
+from rlxf.data.batching import left_padded_positions, pad_left, pad_right
 from rlxf.ops import logprobs_from_hidden
-from rlxf.rollout.base import pad_left, pad_right
 
 
 def _decoder_and_head(model):
@@ -27,10 +28,6 @@ def _decoder_and_head(model):
         if getattr(model.config, attr, None) not in (None, 1.0):
             raise ValueError(f"models with config.{attr} are not supported by the fused log-prob path")
     return model.get_decoder(), head.weight
-
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def completion_logprobs(
@@ -59,8 +56,6 @@ def completion_logprobs(
     With gradients on and activation checkpointing enabled on ``model`` it runs
     :func:`completion_logprobs_padded` instead: checkpointed layers drop the KV cache.
     """
-    from transformers import DynamicCache
-
     if torch.is_grad_enabled() and getattr(model, "is_activation_checkpointing", False):
         # Checkpointed layers run without their KV cache, so the cached prompt would be lost: run whole rows.
         return completion_logprobs_padded(model, prompt_ids, completion_ids, n=n, pad_token_id=pad_token_id,
@@ -74,7 +69,7 @@ def completion_logprobs(
     ids, attn = ids.to(device), attn.to(device)
     cache = DynamicCache(config=model.config)
     prefix = decoder(
-        input_ids=ids, attention_mask=attn.long(), position_ids=_positions(attn), past_key_values=cache,
+        input_ids=ids, attention_mask=attn.long(), position_ids=left_padded_positions(attn), past_key_values=cache,
         use_cache=True,
     ).last_hidden_state[:, -1:, :]  # predicts each completion's first token
     if n > 1:
@@ -142,6 +137,7 @@ def _completion_hidden(model, prompt_ids: list[list[int]], completion_ids: torch
     ids, attn = pad_left(prompt_ids, pad_token_id)
     ids = torch.cat([ids.to(device), completion_ids.to(device)], dim=1)
     attn = torch.cat([attn.to(device), torch.ones((rows, width), dtype=torch.bool, device=device)], dim=1)
-    hidden = decoder(input_ids=ids, attention_mask=attn.long(), position_ids=_positions(attn)).last_hidden_state
+    hidden = decoder(input_ids=ids, attention_mask=attn.long(),
+                     position_ids=left_padded_positions(attn)).last_hidden_state
     start = ids.shape[1] - width - 1  # the prompt's last position predicts the first completion token
     return hidden[:, start:start + width, :], weight

@@ -26,27 +26,3 @@ def use_kn_layout(model: torch.nn.Module) -> torch.nn.Module:
         if isinstance(module, torch.nn.Linear) and not (tied and module is head):
             module.weight = _kn(module.weight)
     return model
-
-
-def bf16_is_faster(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 matmuls beat fp32 here: always on CUDA; on CPU only with AMX/AVX512-BF16 kernels.
-
-    A CPU without bf16 instructions emulates them (measured: ~30 GFLOP/s bf16 vs ~110 fp32 on one AVX-512
-    core), while one with AMX runs them ~6x faster than fp32. A 3-repeat micro-benchmark (~50 ms) decides
-    rather than parsing CPU flags, so it also holds under emulators and odd VMs.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return True
-    import time
-
-    def seconds(dtype):
-        a = torch.randn(256, 576, dtype=dtype)
-        b = torch.randn(576, 1536, dtype=dtype)
-        a @ b
-        start = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        return time.perf_counter() - start
-
-    return seconds(torch.bfloat16) * 1.3 < seconds(torch.float32)

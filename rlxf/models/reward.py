@@ -45,7 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from transformers import AutoModel, AutoTokenizer
+
+from rlxf.models.loading import cache_dir, load_policy, save_policy
 
 __all__ = [
     "AGGREGATIONS",
@@ -257,7 +261,6 @@ class TransformerFeaturizer(Featurizer):
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         if self.kind == "causal_lm":
-            from rlxf.models.loading import save_policy
 
             save_policy(self.model, self.tokenizer, path)
         else:
@@ -294,7 +297,6 @@ def load_backbone(name: str, *, max_length: int | None = None, bow_dim: int = 40
     """
     if name == "hashed_bow":
         return HashedBagOfWords(bow_dim)
-    from transformers import AutoModel, AutoTokenizer
 
     if name == "minilm":
         directory = minilm_dir()
@@ -303,7 +305,6 @@ def load_backbone(name: str, *, max_length: int | None = None, bow_dim: int = 40
         featurizer = TransformerFeaturizer(model, tokenizer, pooling="mean", max_length=max_length or 256,
                                            normalize=True, kind="encoder")
     elif name in ("smollm2", "tiny") or (Path(name).is_dir() and _is_causal_dir(Path(name))):
-        from rlxf.models.loading import load_policy
 
         model, tokenizer = load_policy(name, seed=seed)
         featurizer = TransformerFeaturizer(model, tokenizer, pooling="last", max_length=max_length or 512,
@@ -341,8 +342,6 @@ def texts_fingerprint(texts: Sequence[str]) -> str:
 
 
 def feature_cache_path(featurizer: Featurizer, texts: Sequence[str], cache_root: str | Path | None = None) -> Path:
-    from rlxf.models.loading import cache_dir
-
     root = Path(cache_root) if cache_root is not None else cache_dir() / "features"
     key = _digest(f"{featurizer.fingerprint()}:{texts_fingerprint(texts)}".encode())
     return root / f"{featurizer.kind}-{key}.safetensors"
@@ -356,8 +355,6 @@ def cached_features(featurizer: Featurizer, texts: Sequence[str], *, cache: bool
     The cache file is keyed by the featurizer's fingerprint (weights, tokenizer, pooling, length limit) and
     the texts' digest, so any change to either is a miss; it is written to a temporary file and renamed.
     """
-    from safetensors.torch import load_file, save_file
-
     if not cache:
         return featurizer.encode(texts, batch_size=batch_size, progress=progress), False
     path = feature_cache_path(featurizer, texts, cache_root)
@@ -533,7 +530,6 @@ class RewardModel(nn.Module):
         """Write the model directory. The backbone is saved under ``backbone/`` when ``save_backbone`` (default:
         when it has trainable parameters or is not a built-in name or existing directory); otherwise the
         config names it and records its fingerprint, which `load` checks."""
-        from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -563,7 +559,6 @@ class RewardModel(nn.Module):
              check_fingerprint: bool = True) -> RewardModel:
         """Load a directory written by `save` (or a run directory holding it as ``final/``); raises if a
         referenced backbone's weights have changed."""
-        from safetensors.torch import load_file
 
         path = Path(path)
         if not (path / CONFIG_NAME).exists() and (path / "final" / CONFIG_NAME).exists():

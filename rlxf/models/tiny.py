@@ -4,6 +4,8 @@ from __future__ import annotations
 import string
 
 import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 # One token per character keeps the tokenizer bijective on digits, so toy arithmetic answers are one token.
 _CHARS = string.digits + string.ascii_letters + " +-=?.,:!'\n"
@@ -16,9 +18,6 @@ _CHAT_TEMPLATE = (
 
 def tiny_tokenizer():
     """A character-level ``PreTrainedTokenizerFast`` with SmolLM2-style chat markers; EOS is ``<|im_end|>``."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {tok: i for i, tok in enumerate(_SPECIALS + list(_CHARS))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
@@ -34,8 +33,6 @@ def tiny_tokenizer():
 def tiny_model(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
                intermediate: int = 128, seed: int = 0):
     """A randomly initialised ``LlamaForCausalLM`` sized for CPU tests (tied embeddings, like SmolLM2)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
 from rlxf.ops import masked_mean
+from rlxf.types import LossOutput
 
 __all__ = [
     "LossOutput",
@@ -18,15 +17,6 @@ __all__ = [
     "masked_metric",
     "pair_metrics",
 ]
-
-
-class LossOutput(NamedTuple):
-    """`loss`: unreduced float32, per token `(B, T)` with 0 at masked positions for policy-gradient losses (the
-    recipe reduces it with `rlxf.ops.aggregate`), per row `(B,)` for sequence-level losses (the recipe takes
-    the mean); `metrics`: detached float32 scalars, already averaged over tokens or rows."""
-
-    loss: Tensor
-    metrics: dict[str, Tensor]
 
 
 def check_token_tensors(mask: Tensor, **tensors: Tensor | None) -> None:

@@ -48,7 +48,7 @@ def _check_group_vector(name: str, values: Tensor, *, positive_sum: bool = True)
         raise ValueError(f"{name} must have a positive sum")
 
 
-@register("group_robust_dpo", kind="preference")
+@register("group_robust_dpo", kind="preference", recipe="group-robust-dpo")
 def group_robust_dpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,

@@ -19,14 +19,18 @@ from rlxf.ops import AGGREGATION_MODES
 __all__ = ["OBJECTIVES", "OBJECTIVE_KINDS", "register", "get_objective", "list_objectives"]
 
 OBJECTIVE_KINDS = ("policy_gradient", "preference", "unpaired", "reward_model")
+# The command that trains a loss of each kind, unless the loss names its own (``register(recipe=...)``).
+DEFAULT_RECIPES = {"policy_gradient": "grpo", "preference": "dpo", "unpaired": "kto", "reward_model": "reward-model"}
 
 OBJECTIVES: dict[str, Callable] = {}
 
 
 def register(
-    name: str, *, kind: str = "policy_gradient", default_aggregation: str | None = "token_mean"
+    name: str, *, kind: str = "policy_gradient", default_aggregation: str | None = "token_mean",
+    recipe: str | None = None,
 ) -> Callable[[Callable], Callable]:
-    """Decorator adding a loss under `name`. It sets `fn.kind` (one of `OBJECTIVE_KINDS`) and, for
+    """Decorator adding a loss under `name`. It sets `fn.kind` (one of `OBJECTIVE_KINDS`), `fn.recipe` (the
+    `rlxf train <recipe>` that trains it: `recipe`, else the kind's default in `DEFAULT_RECIPES`) and, for
     ``policy_gradient`` losses, `fn.default_aggregation`: the `ops.aggregate` mode that matches the paper's
     normalisation (a recipe uses it unless its config says otherwise). Sequence-level kinds reduce by a
     plain mean over rows and carry ``default_aggregation = None``."""
@@ -41,6 +45,7 @@ def register(
         if name in OBJECTIVES:
             raise ValueError(f"objective {name!r} is already registered (by {OBJECTIVES[name].__qualname__})")
         fn.kind = kind
+        fn.recipe = recipe or DEFAULT_RECIPES[kind]
         fn.default_aggregation = default_aggregation
         fn.registered_name = name
         OBJECTIVES[name] = fn

@@ -1,40 +1,42 @@
 """Training loops, one per loop shape, each configured by one typed dataclass.
 
 ``RECIPES`` maps the names used on the command line (``rlxf train <name>``) to the module that holds the
-loop and the preset that specialises it. Modules are imported lazily by the CLI so that ``rlxf list`` and
-``import rlxf`` stay light.
+loop and the preset that specialises it. Modules are imported by the CLI only when named, so that ``rlxf list``
+and ``import rlxf`` stay light.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from rlxf.config import Entry
 
-
-@dataclass(frozen=True)
-class RecipeEntry:
-    """Where a recipe lives: ``module`` defines ``Config`` and ``run(config) -> dict``."""
-
-    module: str
-    preset: str | None
-    summary: str
-
-
-RECIPES: dict[str, RecipeEntry] = {
-    "grpo": RecipeEntry(
+RECIPES: dict[str, Entry] = {
+    "grpo": Entry(
         "rlxf.recipes.online_rl",
         "grpo.yaml",
-        "Online RL with group z-score advantages (GRPO); default: SmolLM2 on 'What is a+b?' with a verifier.",
+        "Online RL, GRPO's clipped objective with group z-score advantages and token_mean aggregation (DAPO's, "
+        "TRL's default); default: SmolLM2 on 'What is a+b?' with a verifier.",
     ),
-    "rloo": RecipeEntry(
+    "rloo": Entry(
         "rlxf.recipes.online_rl",
         "rloo.yaml",
         "Online RL with leave-one-out baselines (RLOO) on the same job as grpo.",
     ),
-    "dpo": RecipeEntry(
+    "dpo": Entry(
         "rlxf.recipes.preference",
         "dpo.yaml",
-        "Offline preference optimisation (DPO; objective=ipo/simpo/kto/...): SmolLM2 + LoRA on 512 HH pairs.",
+        "Offline preference optimisation from pairs (DPO; objective=ipo/simpo/orpo/...): SmolLM2 + LoRA on 512 HH "
+        "pairs.",
     ),
-    "reward-model": RecipeEntry(
+    "kto": Entry(
+        "rlxf.recipes.kto",
+        None,
+        "Offline unpaired preference optimisation (KTO) from desirable/undesirable completions (or pairs, split).",
+    ),
+    "group-robust-dpo": Entry(
+        "rlxf.recipes.group_robust_dpo",
+        None,
+        "Group-robust DPO: pairs with a 'group' field, an adversary reweighting the worst groups.",
+    ),
+    "reward-model": Entry(
         "rlxf.recipes.reward_model",
         "reward_model.yaml",
         "Reward model (Bradley-Terry/soft/quantile, ensembles): frozen MiniLM features + heads on HH harmless.",

@@ -36,13 +36,19 @@ from typing import Any, Literal
 import torch
 
 from rlxf.config import config_to_yaml, option
-from rlxf.recipes.run_dir import RunDir, resolve_device
+from rlxf.data import DataError
+from rlxf.data.preferences import load_preferences
+from rlxf.eval.plots import plot_reward_model_run
+from rlxf.eval.stats import wilson_interval
+from rlxf.models.reward import RewardModel, cached_features, member_summary
+from rlxf.objectives import get_objective, reward_centering_penalty
+from rlxf.runs import RunDir, RunOptions, resolve_device, set_threads
 
 LOSSES = ("bradley_terry", "soft_bt", "quantile_bt")
 
 
 @dataclass
-class Config:
+class Config(RunOptions):
     """Train a reward model (``rlxf train reward-model``)."""
 
     # model
@@ -77,11 +83,6 @@ class Config:
     feature_cache: bool = option(True, "Frozen mode: cache backbone features on disk (keyed by weights + texts).")
     feature_batch_size: int = option(32, "Texts per backbone forward when computing features.")
     seed: int = option(0, "Seed of the head initialisation (member m uses seed + m) and data orders.")
-    threads: int = option(0, "torch CPU threads (0 = torch default).")
-    device: str = option("auto", "'auto' (cuda if available), 'cpu' or 'cuda[:i]'.")
-    output_dir: str = option("runs", "Parent directory of run directories.")
-    run_name: str | None = option(None, "Run directory name (default: reward-model-<timestamp>).")
-    progress: bool = option(True, "Print one line per epoch.")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -116,9 +117,6 @@ class Pairs:
 def read_pairs(path: str, *, strict: bool = False) -> tuple[Pairs, list[str]]:
     """Pairs of a preference file and the problems of the rows skipped (each ``file:line: why``); with
     ``strict`` any malformed row raises a DataError listing them all."""
-    from rlxf.data import DataError
-    from rlxf.data.preferences import load_preferences
-
     data = load_preferences(path, strict=strict)
     if not data.paired:
         raise DataError(f"{path}: a reward model trains on pairs (prompt, chosen, rejected); got {data.format} rows")
@@ -138,8 +136,6 @@ def _line(source: str) -> int:
 
 def split_pairs(config: Config) -> tuple[Pairs, Pairs, dict[str, Any]]:
     """Training and held-out pairs, and a description of the split for the summary."""
-    from rlxf.data import DataError
-
     pairs, problems = read_pairs(config.data, strict=config.strict)
     if config.eval_data:
         train = pairs
@@ -159,8 +155,6 @@ def split_pairs(config: Config) -> tuple[Pairs, Pairs, dict[str, Any]]:
 
 
 def _scores(pairs: Pairs, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from rlxf.data import DataError
-
     missing = [s for s, w, l in zip(pairs.sources, pairs.chosen_scores, pairs.rejected_scores, strict=True)
                if w is None or l is None]
     if missing:
@@ -188,8 +182,6 @@ class PairLoss:
     each member's gradient is exactly that of training it alone."""
 
     def __init__(self, config: Config, train: Pairs):
-        from rlxf.objectives import get_objective, reward_centering_penalty
-
         self.config = config
         self.fn = get_objective(config.loss, kind="reward_model")
         self.center = reward_centering_penalty
@@ -231,9 +223,6 @@ class PairLoss:
 @torch.no_grad()
 def pair_report(qw: torch.Tensor, ql: torch.Tensor, config: Config) -> dict[str, Any]:
     """Accuracy of the aggregated reward on pairs, from head outputs `(N, M, K)`; ties count as wrong."""
-    from rlxf.eval.stats import wilson_interval
-    from rlxf.models.reward import member_summary
-
     w = member_summary(qw, config.aggregation, uwo_lambda=config.uwo_lambda)
     l = member_summary(ql, config.aggregation, uwo_lambda=config.uwo_lambda)
     correct = int((w.rewards > l.rewards).sum())
@@ -266,8 +255,6 @@ def _member_orders(n: int, members: int, epoch: int, seed: int) -> torch.Tensor:
 
 
 def _features(model, texts: list[str], config: Config, what: str) -> torch.Tensor:
-    from rlxf.models.reward import cached_features
-
     t0 = time.perf_counter()
     done = [0, 0]  # texts done, last tenth reported
 
@@ -385,36 +372,10 @@ def train_full(model, train: Pairs, heldout: Pairs, config: Config, loss_fn: Pai
     return report
 
 
-def _plot(records: list[dict[str, Any]], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    epochs = [r["epoch"] for r in records]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [r["train_loss"] for r in records])
-    ax1.set(xlabel="epoch", ylabel="loss", title="training loss (per member)")
-    ax1.grid(alpha=0.3)
-    if "train_accuracy" in records[0]:
-        ax2.plot(epochs, [r["train_accuracy"] for r in records], label="train")
-    ax2.plot(epochs, [r["heldout_accuracy"] for r in records], label="held out")
-    ax2.axhline(0.5, color="grey", linestyle="--", label="chance")
-    ax2.set(xlabel="epoch", ylabel="pair accuracy", title="accuracy (r_w > r_l)")
-    ax2.legend()
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / "accuracy.png", dpi=110)
-    plt.close(fig)
-
-
 def run(config: Config) -> dict[str, Any]:
     """Train; returns a summary dict (also written to ``<run>/summary.json``). ``threads`` applies for the
     duration of the run only."""
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    threads = set_threads(config.threads)
     try:
         return _run(config)
     finally:
@@ -422,8 +383,6 @@ def run(config: Config) -> dict[str, Any]:
 
 
 def _run(config: Config) -> dict[str, Any]:
-    from rlxf.models.reward import RewardModel
-
     check_config(config)
     train, heldout, split = split_pairs(config)  # data problems surface before anything is written
     loss_fn = PairLoss(config, train)  # checks the rows carry the scores the loss needs
@@ -455,7 +414,8 @@ def _run(config: Config) -> dict[str, Any]:
         trainer = train_frozen if config.frozen else train_full
         report = trainer(model, train, heldout, config, loss_fn, log)
         model.save(run_dir.final, save_backbone=not config.frozen or None)
-        _plot(records, run_dir.plots)
+        if config.plots:
+            plot_reward_model_run(records, run_dir.plots)
     except BaseException as exc:
         run_dir.set_status("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
                            error=f"{type(exc).__name__}: {exc}")

@@ -1,5 +1,9 @@
-"""Generation engines behind one token-in/token-out ``Generator`` protocol."""
-from rlxf.rollout.base import Generator, Rollout, pad_left
+"""Generation engines behind one token-in/token-out ``Generator`` protocol, and ``LocalLM``, a model client that
+reads answer probabilities and generates over a ``Generator`` (what LLM judges run on)."""
+from rlxf.rollout.base import Generator, Rollout, TokenSampler, load_state_into, sample_categorical
+from rlxf.rollout.llama_backend import FastLlamaGenerator
+from rlxf.rollout.lm import LocalLM
 from rlxf.rollout.transformers_backend import TransformersGenerator
 
-__all__ = ["Generator", "Rollout", "TransformersGenerator", "pad_left"]
+__all__ = ["FastLlamaGenerator", "Generator", "LocalLM", "Rollout", "TokenSampler", "TransformersGenerator",
+           "load_state_into", "sample_categorical"]

@@ -5,32 +5,33 @@ fp32 per step), yet transformers' llama spends as long again on ~30 small ops pe
 projections and a KV cache grown by ``torch.cat`` every step. Here each call packs the live weights once
 (fused QKV; every matrix either MKL-packed for the decode batch or ``(in, out)``-contiguous, see ``_Linear``),
 preallocates a static KV cache written in place, runs prefill and decode through one forward of about 15
-kernels per layer, and drops finished rows from the batch. The sampling loop, the inverse-CDF draw, the
-completion mask and the position ids of left-padded rows are ``TransformersGenerator``'s, imported rather than
-copied, so with the same ``torch.Generator`` both backends draw the same tokens whenever their logits agree to
-float rounding (on SmolLM2 they differ by ~1e-5 in log-prob, so a rare draw that lands that close to a token
-boundary can differ).
+kernels per layer, and drops finished rows from the batch. The per-step draw (``rlxf.rollout.base.TokenSampler``)
+and the position ids of left-padded rows are those ``TransformersGenerator`` uses, so with the same
+``torch.Generator`` both backends draw the same tokens whenever their logits agree to float rounding (on SmolLM2
+they differ by ~1e-5 in log-prob, so a rare draw that lands that close to a token boundary can differ).
 
-Prompts that share a prefix (a chat template's system prompt) compute it once. Weights are re-read on every
-``generate`` call: the policy trains between calls, and fused AdamW updates parameters in place without bumping
-their version counters, so a stale copy could not be detected cheaply. Packing costs about one pass over the
+Prompts that share a prefix (a chat template's system prompt) compute it once. Weights are re-read from the
+model on every ``generate`` call (``load_weights`` copies new ones into that model): a policy that trains between
+calls is updated in place by fused AdamW without bumping version counters, so a stale copy could not be
+detected cheaply. Packing costs about one pass over the
 weights (0.1-0.2 s for SmolLM2, about one decode step).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+from transformers import LlamaForCausalLM
 
-from rlxf.rollout.base import Rollout, pad_left
-from rlxf.rollout.transformers_backend import _completion_mask, _positions, sample_categorical
+from rlxf.data.batching import left_padded_positions, pad_left
+from rlxf.rollout.base import Rollout, TokenSampler, check_generate_args, load_state_into
 
 
 def _unsupported_reason(model) -> str | None:
     """Why ``model`` cannot run here, or None: a plain ``LlamaForCausalLM`` with default RoPE, SiLU, no biases."""
-    from transformers import LlamaForCausalLM
-
     if not isinstance(model, LlamaForCausalLM):
         return f"needs a transformers LlamaForCausalLM, got {type(model).__name__}"
     config = model.config
@@ -126,6 +127,7 @@ class FastLlamaGenerator:
         if reason is not None:
             raise ValueError(f"FastLlamaGenerator {reason}")
         self.model = model
+        self.version = 0
         self.eos_token_ids = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self.pad_token_id = int(pad_token_id)
         config = model.config
@@ -134,6 +136,10 @@ class FastLlamaGenerator:
         self.eps = config.rms_norm_eps
         rope = getattr(config, "rope_parameters", None) or {}
         self.rope_theta = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+    def load_weights(self, state: Mapping[str, Tensor], version: int) -> None:
+        load_state_into(self.model, state)
+        self.version = version
 
     def _pack(self, rows: int) -> list[_Layer]:
         """The live model's decoder weights, packed or copied for ``rows``-row decoding (see :class:`_Linear`).
@@ -221,7 +227,7 @@ class FastLlamaGenerator:
         allowed = torch.ones(width, width, dtype=torch.bool, device=device).tril() & attn[:, None, :]
         allowed |= torch.eye(width, dtype=torch.bool, device=device)
         bias = _additive(allowed, dtype)  # (P, width, width)
-        rot = rotations[_positions(attn)][:, :, None] * head_scale
+        rot = rotations[left_padded_positions(attn)][:, :, None] * head_scale
         caches = [(torch.zeros(prompts, kvh, d, width + max_new_tokens, dtype=dtype, device=device),
                    torch.zeros(prompts, kvh, width + max_new_tokens, d, dtype=dtype, device=device))
                   for _ in layers]
@@ -249,17 +255,11 @@ class FastLlamaGenerator:
         greedy: bool = False,
         rng: torch.Generator | None = None,
     ) -> Rollout:
-        if greedy and n != 1:
-            raise ValueError("greedy decoding gives one completion per prompt: use n=1")
-        if not greedy and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
-        if any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("every prompt needs at least one token")
+        check_generate_args(prompt_ids, n=n, greedy=greedy, temperature=temperature)
         embed, final_norm = self.model.model.embed_tokens.weight.detach(), self.model.model.norm.weight.detach()
         device, dtype = embed.device, embed.dtype
         rows = len(prompt_ids) * n
         layers, head = self._pack(rows), _Linear(self.model.lm_head.weight, rows)
-        eos = self.eos_token_ids.to(device)
         kvh, group = self.kv_heads, self.q_heads // self.kv_heads
         rotations, head_scale = self._rotations(max(map(len, prompt_ids)) + max_new_tokens, device)
         hidden, caches, attn = self._prefill(layers, prompt_ids, rotations, head_scale, max_new_tokens)
@@ -278,27 +278,15 @@ class FastLlamaGenerator:
         key_bias = _additive(torch.cat([attn, attn.new_ones(rows, max_new_tokens)], dim=1), dtype)  # (R, max_len)
         next_pos = attn.sum(dim=1)  # position id of the first generated token
         live = torch.arange(rows, device=device)  # rows still in the batch (caches, key_bias, next_pos follow it)
-        tokens = torch.full((rows, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
-        logps = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device)
-        alive = torch.ones(rows, dtype=torch.bool, device=device)
-        finished = torch.zeros(rows, dtype=torch.bool, device=device)
-        length = 0
+        sampler = TokenSampler(rows, max_new_tokens, eos=self.eos_token_ids, pad_token_id=self.pad_token_id,
+                               greedy=greedy, temperature=temperature, rng=rng, device=device)
         for t in range(max_new_tokens):
-            # Every row is scored and drawn, finished ones too (their logits are stale), so that the draws
-            # consume the generator exactly as TransformersGenerator does. Dividing by 1.0 is skipped: a no-op.
-            scaled = logits.float() if greedy or temperature == 1.0 else logits.float() / temperature
-            scores = torch.log_softmax(scaled, dim=-1)
-            token = scores.argmax(dim=-1) if greedy else sample_categorical(scores, rng)
-            token = torch.where(alive, token, torch.full_like(token, self.pad_token_id))
-            tokens[:, t] = token
-            logps[:, t] = torch.where(alive, scores.gather(1, token[:, None]).squeeze(1), 0.0)
-            length = t + 1
-            is_eos = torch.isin(token, eos) & alive
-            finished |= is_eos
-            alive &= ~is_eos
-            if not alive.any() or t == max_new_tokens - 1:
+            # Every row is drawn, finished ones too (their logits are stale), so that the draws consume the
+            # generator exactly as TransformersGenerator does.
+            token = sampler.draw(logits, t)
+            if not sampler.alive.any() or t == max_new_tokens - 1:
                 break
-            keep = alive[live]
+            keep = sampler.alive[live]
             if 4 * int(keep.sum()) <= 3 * len(live):
                 # A quarter of the batch has finished: drop those rows (a copy of the live caches, about
                 # what one decode step's attention reads) rather than keep computing them.
@@ -315,12 +303,7 @@ class FastLlamaGenerator:
                 logits = logits_of(hidden)
             else:
                 logits[live] = logits_of(hidden)
-        tokens, logps = tokens[:, :length], logps[:, :length]
-        mask = _completion_mask(tokens, eos)
-        return Rollout(
-            prompt_ids=[list(p) for p in prompt_ids], completion_ids=tokens.cpu(), completion_mask=mask.cpu(),
-            sampler_logps=logps.cpu(), finished=finished.cpu(), n=n,
-        )
+        return sampler.rollout(prompt_ids, n)
 
 
 def _shared_prefix(prompts: list[list[int]], min_saving: int = 64) -> int:

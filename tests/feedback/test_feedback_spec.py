@@ -104,10 +104,9 @@ def test_specs_survive_the_command_line_config():
 
 def test_online_recipe_builds_its_feedback_from_the_spec(tmp_path, monkeypatch):
     """The recipe's `feedback=` goes through make_feedback_from_spec. Model loading is replaced by a stop
-    (the trainer builds its feedback first), which keeps this test free of the transformers import."""
-    import rlxf.feedback
-    import rlxf.models
-    from rlxf.recipes.online_rl import Config, _Trainer, run
+    (the trainer builds its feedback first), so no model is loaded."""
+    from rlxf.recipes import online_rl
+    from rlxf.recipes.online_rl import Config, Trainer, run
 
     class Stop(Exception):
         pass
@@ -121,12 +120,12 @@ def test_online_recipe_builds_its_feedback_from_the_spec(tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise Stop
 
-    monkeypatch.setattr(rlxf.feedback, "make_feedback_from_spec", recording)
-    monkeypatch.setattr(rlxf.models, "load_policy", no_model)
+    monkeypatch.setattr(online_rl, "make_feedback_from_spec", recording)
+    monkeypatch.setattr(online_rl, "load_policy", no_model)
     common = dict(model="tiny", prompts_per_step=1, max_steps=1, eval_size=2, ref_kl_every=0, progress=False,
                   output_dir=str(tmp_path), run_name="spec")
     with pytest.raises(Stop):
-        _Trainer(Config(feedback="numeric:mode=boxed,tol=0.5", **common))
+        Trainer(Config(feedback="numeric:mode=boxed,tol=0.5", **common))
     assert len(built) == 1 and isinstance(built[0], NumericAnswerVerifier)
     assert (built[0].mode, built[0].tol) == ("boxed", 0.5)
     with pytest.raises(FeedbackError, match="unknown feedback 'numerc'"):

@@ -249,6 +249,20 @@ def test_validate_scores_nonfinite():
     assert "nonfinite" not in bad.info  # the input is left as it was
 
 
+def test_validate_scores_step_values():
+    """Process feedback's per-step scores travel with the values: checked per item, kept through `record`."""
+    steps = [torch.tensor([0.5, 1.0], dtype=torch.float64), torch.zeros(0)]
+    checked = validate_scores(Scores(torch.tensor([1.0, math.nan]), {}, steps), 2, on_nonfinite="record")
+    assert [s.dtype for s in checked.step_values] == [torch.float32] * 2
+    assert checked.step_values[0].tolist() == [0.5, 1.0] and checked.step_values[1].numel() == 0
+    with pytest.raises(FeedbackError, match="list of 2 tensors"):
+        validate_scores(Scores(torch.zeros(2), {}, steps[:1]), 2)
+    with pytest.raises(FeedbackError, match=r"step_values\[1\] must be a 1-D float tensor"):
+        validate_scores(Scores(torch.zeros(2), {}, [torch.zeros(1), torch.zeros(1, 1)]), 2)
+    with pytest.raises(FeedbackError, match=r"step_values\[0\] has non-finite step scores"):
+        validate_scores(Scores(torch.zeros(2), {}, [torch.tensor([math.inf]), torch.zeros(1)]), 2)
+
+
 def test_verifiers_satisfy_the_protocol_and_validate():
     for verifier in (ArithmeticVerifier(), NumericAnswerVerifier()):
         assert isinstance(verifier, Feedback)

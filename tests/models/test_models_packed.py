@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from rlxf.eval.preference import sequence_logps
+from rlxf.models.logps import sequence_logps
 from rlxf.models.packed import pack_completions, packed_sequence_logps, segment_mask, supports_packed_forward
 from rlxf.models.tiny import tiny_model, tiny_tokenizer
 

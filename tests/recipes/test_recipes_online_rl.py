@@ -24,8 +24,10 @@ import rlxf.objectives
 from rlxf.data import DataError
 from rlxf.feedback import FEEDBACK, Scores
 from rlxf.models import load_policy
-from rlxf.recipes.checkpoint import latest_checkpoint
-from rlxf.recipes.online_rl import Config, _Trainer, run
+from rlxf.recipes import learner as learner_module
+from rlxf.recipes import online_rl
+from rlxf.recipes.online_rl import Config, run
+from rlxf.runs import latest_checkpoint
 
 # The copy task: each prompt names one digit, the reply must end with it (the arithmetic verifier reads the
 # last integer of the reply). A (template, digit) pair is held out when digit % 4 == template index % 4,
@@ -60,7 +62,7 @@ def _config(copy_task, out: Path, name: str, **overrides) -> Config:
         model="tiny", prompts=str(train), eval_prompts=str(held_out), feedback="arithmetic",
         max_new_tokens=2, eval_max_new_tokens=2, temperature=1.0, precision="fp32", prompts_per_step=4,
         samples_per_prompt=4, lr=1e-3, max_steps=4, eval_every=0, save_every=0, ref_kl_every=0,
-        time_budget_s=0.0, output_dir=str(out), run_name=name, progress=False, seed=0,
+        time_budget_s=0.0, output_dir=str(out), run_name=name, progress=False, seed=0, loss={"beta": 0.0},
     )
     return Config(**{**base, **overrides})
 
@@ -102,7 +104,7 @@ def _status(run_dir: Path) -> dict:
 # 130, 100, 130 for RLOO; seed 1 with 150 steps leaves a margin of 40-50 steps.
 LEARNING = {
     "grpo": dict(objective="grpo", advantage="group_zscore"),
-    "rloo": dict(objective="rloo", advantage="leave_one_out", aggregation="seq_mean_token_sum", clip_eps=None),
+    "rloo": dict(objective="rloo", advantage="leave_one_out", aggregation="seq_mean_token_sum", loss={}),
 }
 
 
@@ -123,14 +125,20 @@ def test_tiny_model_learns_the_copy_task(copy_task, tmp_path, algorithm):
 
 
 def _check_run_dir(run_dir: Path, config: Config, summary: dict, copy_task):
+    # config.yaml is the resolved config: the loss's hyperparameters with the defaults of those not set
+    from dataclasses import replace
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlxf.config import config_from_yaml
     from rlxf.data import load_prompts
     from rlxf.eval.accuracy import evaluate_accuracy
     from rlxf.feedback import make_feedback
+    from rlxf.objectives import get_objective
+    from rlxf.objectives.signature import resolve_hyperparameters
 
-    assert config_from_yaml(Config, run_dir / "config.yaml") == config
+    resolved = resolve_hyperparameters(get_objective(config.objective), config.loss)
+    assert config_from_yaml(Config, run_dir / "config.yaml") == replace(config, loss=resolved)
 
     records = _metrics(run_dir)
     assert [r["step"] for r in records] == list(range(1, config.max_steps + 1))
@@ -253,7 +261,7 @@ def _capturing(monkeypatch, seen: list, transform=None):
     def get_objective(name):
         fn = original(name)
 
-        @functools.wraps(fn)  # keeps the signature the recipe inspects and `default_aggregation`
+        @functools.wraps(fn)  # keeps the signature the recipe inspects, `kind` and `default_aggregation`
         def wrapped(**kwargs):
             seen.append({k: v.detach().clone() for k, v in kwargs.items() if torch.is_tensor(v)})
             out = fn(**kwargs)
@@ -261,7 +269,7 @@ def _capturing(monkeypatch, seen: list, transform=None):
 
         return wrapped
 
-    monkeypatch.setattr(rlxf.objectives, "get_objective", get_objective)
+    monkeypatch.setattr(learner_module, "get_objective", get_objective)
 
 
 def test_partly_nonfinite_rewards_leave_those_rows_untrained(copy_task, tmp_path, monkeypatch):
@@ -312,14 +320,14 @@ def test_nonfinite_loss_in_a_later_micro_batch_leaves_no_gradient_behind(copy_ta
     micro-batch's gradient must not leak into step 2's update."""
     seen: list = []
     _capturing(monkeypatch, seen, lambda out, call: _nan_loss(out, call) if call == 2 else out)
-    original = _Trainer.train_on
+    original = learner_module.train_on
 
-    def train_on(self, *args, **kwargs):
-        metrics = original(self, *args, **kwargs)
-        assert all(p.grad is None for p in self.params), "gradient left in .grad after the step"
+    def train_on(learner, *args, **kwargs):
+        metrics = original(learner, *args, **kwargs)
+        assert all(p.grad is None for p in learner.params), "gradient left in .grad after the step"
         return metrics
 
-    monkeypatch.setattr(_Trainer, "train_on", train_on)
+    monkeypatch.setattr(online_rl, "train_on", train_on)
     run(_config(copy_task, tmp_path, "nan-mb", feedback="test-online-rl-varied-rewards", max_steps=2,
                 micro_batch_groups=2))
     records = _metrics(tmp_path / "nan-mb")

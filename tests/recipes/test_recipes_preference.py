@@ -1,4 +1,6 @@
-"""The offline preference recipe (rlxf.recipes.preference, `rlxf train dpo`) on the tiny model.
+"""The offline preference recipes on the tiny model: paired losses (rlxf.recipes.preference, `rlxf train dpo`),
+unpaired KTO (rlxf.recipes.kto) and group-robust DPO (rlxf.recipes.group_robust_dpo), which share one loop
+(rlxf.recipes.offline).
 
 Toy task with a synthetic preference oracle: the prompt is "say " + three letters from x/y/z + ":" and the
 oracle prefers a completion made of digits over one made of letters a-j. A randomly initialised tiny llama has
@@ -13,18 +15,45 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import Tensor
 
-from rlxf.data import DataError
+from rlxf.data import DataError, batch_for_step, kl_partners, make_batches
+from rlxf.models.logps import length_ordered_logps
+from rlxf.models.lora import adapters_off
 from rlxf.objectives import OBJECTIVES, LossOutput, list_objectives, register
-from rlxf.recipes.preference import (
-    Config,
-    Trainer,
-    batch_for_step,
-    kl_partners,
-    make_batches,
-    reference_pair_logps,
-    run,
-)
+from rlxf.objectives.signature import loss_signature
+from rlxf.recipes import group_robust_dpo, kto, preference
+from rlxf.recipes.preference import PROVIDERS, Config, PairedTrainer, run
+
+# The recipe module that trains each objective that is not a plain paired loss.
+RECIPE_OF = {"kto": kto, "group_robust_dpo": group_robust_dpo}
+TRAINER_OF = {preference: PairedTrainer, kto: kto.UnpairedTrainer,
+              group_robust_dpo: group_robust_dpo.GroupRobustTrainer}
+
+
+def recipe(objective: str):
+    return RECIPE_OF.get(objective, preference)
+
+
+def trainer_for(toy, tmp_path, objective: str = "dpo", **kw):
+    module = recipe(objective)
+    return TRAINER_OF[module](config(toy, tmp_path, objective=objective, config_cls=module.Config, **kw))
+
+
+def train(toy, tmp_path, objective: str = "dpo", **kw):
+    module = recipe(objective)
+    return module.run(config(toy, tmp_path, objective=objective, config_cls=module.Config, **kw))
+
+
+def reference_pair_logps(model, pairs, *, pad_token_id, batch_size):
+    """The model's own summed log-probs of each pair's chosen and rejected (LoRA: adapters off), `(N,)` each."""
+    model.eval()
+    with adapters_off(model):
+        sums, _ = length_ordered_logps(model, [p.prompt_ids for p in pairs], [(p.chosen_ids, p.rejected_ids)
+                                                                             for p in pairs],
+                                       pad_token_id=pad_token_id, batch_size=batch_size)
+    model.train()
+    return sums[:, 0], sums[:, 1]
 
 
 def toy_rows(n: int, seed: int, *, groups: bool = False) -> list[dict]:
@@ -52,13 +81,13 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RLXF_CACHE", str(tmp_path / "cache"))
 
 
-def config(toy: Path, tmp_path: Path, **kw) -> Config:
+def config(toy: Path, tmp_path: Path, config_cls=Config, **kw) -> Config:
     base = dict(model="tiny", data=str(toy), eval_size=32, batch_size=16, lr=3e-3, max_steps=10, eval_every=0,
                 save_every=0, precision="fp32", max_prompt_tokens=16, max_completion_tokens=8, bucket_window=4,
                 output_dir=str(tmp_path / "runs"), run_name="run", progress=False, eval_batch_size=64, threads=1,
                 plots=False)
     base.update(kw)
-    return Config(**base)
+    return config_cls(**base)
 
 
 # ------------------------------------------------------------------------------------------ learning
@@ -69,7 +98,7 @@ LEARNING = {"dpo": {}, "ipo": {}, "simpo": {}, "kto": {}, "cringe_pairwise": {}}
 
 @pytest.mark.parametrize("objective", [o for o in LEARNING if o in OBJECTIVES])
 def test_tiny_model_learns_the_oracle_preference(toy, tmp_path, objective):
-    summary = run(config(toy, tmp_path, objective=objective, plots=objective == "dpo", **LEARNING[objective]))
+    summary = train(toy, tmp_path, objective, plots=objective == "dpo", **LEARNING[objective])
     before, after = summary["heldout_before"], summary["heldout_after"]
     assert before["accuracy"] == 0.0  # policy == reference: every implicit margin is exactly 0
     assert after["accuracy"] >= 0.9, (objective, after)
@@ -96,7 +125,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
 def test_micro_batches_accumulate_exactly_to_the_big_batch(toy, tmp_path, objective):
     if objective not in OBJECTIVES:
         pytest.skip(f"{objective} is not registered")
-    trainer = Trainer(config(toy, tmp_path, objective=objective))
+    trainer = trainer_for(toy, tmp_path, objective)
     batch = batch_for_step(trainer.batches, 0, trainer.config.seed)
     # Make the policy differ from the reference so that every loss has a non-trivial gradient.
     with torch.no_grad():
@@ -105,11 +134,11 @@ def test_micro_batches_accumulate_exactly_to_the_big_batch(toy, tmp_path, object
     results = []
     for micro in (0, 3, 1):
         trainer.config.micro_batch_size = micro
-        if trainer.group_weights is not None:
+        if hasattr(trainer, "group_weights"):
             trainer.group_weights = torch.tensor([0.3, 0.7])
         trainer.optimizer.zero_grad(set_to_none=True)
         metrics = trainer.accumulate(batch)
-        results.append((metrics, _grads(trainer.model), trainer.group_weights))
+        results.append((metrics, _grads(trainer.model), getattr(trainer, "group_weights", None)))
     (big, big_grads, big_w), *rest = results
     for metrics, grads, weights in rest:
         assert metrics["loss"] == pytest.approx(big["loss"], rel=1e-5)
@@ -125,42 +154,50 @@ def test_micro_batches_accumulate_exactly_to_the_big_batch(toy, tmp_path, object
 
 def test_first_dpo_loss_is_log_2_because_the_reference_is_the_initial_policy(toy, tmp_path):
     """Before any step pi = pi_ref, so every margin is 0 and L_DPO = -log sigma(0) = log 2 per pair."""
-    trainer = Trainer(config(toy, tmp_path))
+    trainer = PairedTrainer(config(toy, tmp_path))
     metrics = trainer.accumulate(batch_for_step(trainer.batches, 0, trainer.config.seed))
     assert metrics["loss"] == pytest.approx(math.log(2), rel=1e-5)
     assert metrics["reward_margin"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_reference_cache_hits_for_the_same_model_and_data_and_misses_otherwise(toy, tmp_path):
-    first = Trainer(config(toy, tmp_path))
+    first = PairedTrainer(config(toy, tmp_path))
     assert first.ref_cache_status == "miss"
-    second = Trainer(config(toy, tmp_path))
+    second = PairedTrainer(config(toy, tmp_path))
     assert second.ref_cache_status == "hit" and second.ref_key == first.ref_key
-    for key in ("train_a", "train_b", "eval_chosen", "eval_rejected"):
+    for key in ("train.0", "train.1", "eval.0", "eval.1"):
         assert torch.equal(first.ref[key], second.ref[key])
-    assert Trainer(config(toy, tmp_path, max_completion_tokens=4)).ref_cache_status == "miss"  # other token ids
-    assert Trainer(config(toy, tmp_path, seed=7)).ref_cache_status == "miss"  # other tiny weights and batches
-    assert Trainer(config(toy, tmp_path, ref_cache=False)).ref_cache_status == "off"
+    assert PairedTrainer(config(toy, tmp_path, max_completion_tokens=4)).ref_cache_status == "miss"  # other ids
+    assert PairedTrainer(config(toy, tmp_path, seed=7)).ref_cache_status == "miss"  # other tiny weights and batches
+    assert PairedTrainer(config(toy, tmp_path, eval_batch_size=8)).ref_cache_status == "miss"  # other batches
+    assert PairedTrainer(config(toy, tmp_path, packed_forward=False)).ref_cache_status == "miss"  # other path
+    assert PairedTrainer(config(toy, tmp_path, ref_cache=False)).ref_cache_status == "off"
     # the cached numbers are the model's own log-probs of each pair
     chosen, rejected = reference_pair_logps(first.model, first.data.train[:5], pad_token_id=first.pad_id,
-                                            batch_size=2, precision="fp32")
-    torch.testing.assert_close(chosen, first.ref["train_a"][:5], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(rejected, first.ref["train_b"][:5], rtol=1e-5, atol=1e-5)
+                                            batch_size=2)
+    torch.testing.assert_close(chosen, first.ref["train.0"][:5], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rejected, first.ref["train.1"][:5], rtol=1e-5, atol=1e-5)
+
+
+def _pair_logps(model, pairs, *, pad_token_id, batch_size):
+    model.eval()
+    sums, _ = length_ordered_logps(model, [p.prompt_ids for p in pairs], [(p.chosen_ids, p.rejected_ids)
+                                                                         for p in pairs],
+                                   pad_token_id=pad_token_id, batch_size=batch_size)
+    return sums[:, 0], sums[:, 1]
 
 
 def test_lora_reference_is_the_base_model_with_adapters_off(toy, tmp_path):
-    from rlxf.eval.preference import pair_logps
     from rlxf.models import load_policy
 
-    trainer = Trainer(config(toy, tmp_path, lora_r=4, lora_alpha=8, lr=1e-2))
+    trainer = PairedTrainer(config(toy, tmp_path, lora_r=4, lora_alpha=8, lr=1e-2))
     for step in range(3):
         trainer.train_step(batch_for_step(trainer.batches, step, trainer.config.seed))
     pairs = trainer.data.eval[:8]
-    trained_chosen, *_ = pair_logps(trainer.model, pairs, pad_token_id=trainer.pad_id, batch_size=8)
-    ref_chosen, ref_rejected = reference_pair_logps(trainer.model, pairs, pad_token_id=trainer.pad_id, batch_size=8,
-                                                    precision="fp32")
+    trained_chosen, _ = _pair_logps(trainer.model, pairs, pad_token_id=trainer.pad_id, batch_size=8)
+    ref_chosen, ref_rejected = reference_pair_logps(trainer.model, pairs, pad_token_id=trainer.pad_id, batch_size=8)
     base, _ = load_policy("tiny", seed=trainer.config.seed)
-    base_chosen, base_rejected, *_ = pair_logps(base, pairs, pad_token_id=trainer.pad_id, batch_size=8)
+    base_chosen, base_rejected = _pair_logps(base, pairs, pad_token_id=trainer.pad_id, batch_size=8)
     torch.testing.assert_close(ref_chosen, base_chosen, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ref_rejected, base_rejected, rtol=1e-5, atol=1e-5)
     assert (trained_chosen - base_chosen).abs().max() > 1e-2  # the adapters did change the policy
@@ -212,7 +249,7 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(toy, tmp_path):
 @pytest.fixture
 def nan_objective():
     @register("test_nan_preference", kind="preference")
-    def nan_loss(policy_chosen_logps, policy_rejected_logps, *, beta: float = 0.1) -> LossOutput:
+    def nan_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, *, beta: float = 0.1) -> LossOutput:
         return LossOutput(policy_chosen_logps * float("nan"), {})
 
     yield "test_nan_preference"
@@ -238,17 +275,30 @@ def test_nonfinite_losses_are_skipped_then_the_run_stops_with_a_resumable_checkp
 
 
 def test_config_errors_are_clear(toy, tmp_path):
-    with pytest.raises(ValueError, match="objective 'dpo' takes no 'gamma'"):
-        Trainer(config(toy, tmp_path, gamma=1.0))
-    with pytest.raises(ValueError, match="policy_gradient loss"):
-        Trainer(config(toy, tmp_path, objective="grpo"))
+    with pytest.raises(ValueError, match=r"objective 'dpo' takes no hyperparameter 'gamma' \(it takes: beta\)"):
+        PairedTrainer(config(toy, tmp_path, loss={"gamma": 1.0}))
+    with pytest.raises(ValueError, match=r"did you mean 'loss.beta'"):
+        PairedTrainer(config(toy, tmp_path, loss={"betta": 1.0}))
+    with pytest.raises(ValueError, match=r"bad value for 'loss.beta' of objective 'dpo'"):
+        PairedTrainer(config(toy, tmp_path, loss={"beta": "high"}))
+    with pytest.raises(ValueError, match=r"policy_gradient loss; train it with `rlxf train grpo`"):
+        PairedTrainer(config(toy, tmp_path, objective="grpo"))
+    with pytest.raises(ValueError, match=r"unpaired loss; train it with `rlxf train kto`"):
+        PairedTrainer(config(toy, tmp_path, objective="kto"))
+    with pytest.raises(ValueError, match=r"needs group_ids, group_weights, which `rlxf train dpo` does not provide; "
+                                         r"train it with `rlxf train group-robust-dpo`"):
+        PairedTrainer(config(toy, tmp_path, objective="group_robust_dpo"))
     if "mmpo" in OBJECTIVES:
         with pytest.raises(ValueError, match="needs chosen_score and rejected_score"):
-            Trainer(config(toy, tmp_path, objective="mmpo"))
+            PairedTrainer(config(toy, tmp_path, objective="mmpo"))
     unpaired = tmp_path / "u.jsonl"
     unpaired.write_text(json.dumps({"prompt": "a", "completion": "b", "label": True}) + "\n")
-    with pytest.raises(DataError, match="need an unpaired objective"):
-        Trainer(config(unpaired, tmp_path))
+    with pytest.raises(DataError, match=r"train with an unpaired loss \(`rlxf train kto`\)"):
+        PairedTrainer(config(unpaired, tmp_path))
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in toy_rows(64, 3)))
+    with pytest.raises(ValueError, match=r"needs a 'group' in every row; missing at .*plain.jsonl"):
+        trainer_for(plain, tmp_path, "group_robust_dpo")
 
 
 def test_bad_data_fails_before_a_run_directory_exists(tmp_path):
@@ -262,24 +312,29 @@ def test_bad_data_fails_before_a_run_directory_exists(tmp_path):
 def test_strict_false_skips_and_counts_bad_rows(toy, tmp_path):
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text(toy.read_text() + '{"prompt": "a"}\nnot json\n')
-    trainer = Trainer(config(mixed, tmp_path, strict=False))
+    trainer = PairedTrainer(config(mixed, tmp_path, strict=False))
     assert len(trainer.data.problems) == 2 and len(trainer.data.train) + len(trainer.data.eval) == 224
 
 
 def test_every_preference_objective_gets_its_tensors(toy, tmp_path):
-    """The recipe provides every tensor each registered preference loss takes (a loss naming one it cannot
-    provide is refused up front with the name)."""
-    from rlxf.recipes.preference import _tensor_names
-
+    """The paired recipes provide every tensor each registered preference loss requires (a loss naming one they
+    cannot provide is refused up front with the name)."""
+    group = group_robust_dpo.GroupRobustTrainer.PROVIDES
     for name in list_objectives(kind="preference"):
-        _tensor_names(OBJECTIVES[name], "preference")
+        sig = loss_signature(OBJECTIVES[name])
+        assert sig.required <= (group if OBJECTIVES[name].recipe == "group-robust-dpo" else set(PROVIDERS)), name
+    for name in list_objectives(kind="unpaired"):
+        assert loss_signature(OBJECTIVES[name]).required <= kto.PROVIDES, name
 
-    def needs_unknown(policy_chosen_logps, mystery_tensor):
+    @register("test_needs_unknown", kind="preference")
+    def needs_unknown(policy_chosen_logps: Tensor, mystery_tensor: Tensor) -> LossOutput:
         raise AssertionError("never called")
 
-    needs_unknown.registered_name = "needs_unknown"
-    with pytest.raises(ValueError, match="needs 'mystery_tensor', which the preference recipe does not provide"):
-        _tensor_names(needs_unknown, "preference")
+    try:
+        with pytest.raises(ValueError, match="needs mystery_tensor, which `rlxf train dpo` does not provide"):
+            PairedTrainer(config(toy, tmp_path, objective="test_needs_unknown"))
+    finally:
+        OBJECTIVES.pop("test_needs_unknown")
 
 
 def test_kto_trains_on_unpaired_rows_with_a_paired_held_out_file(toy, tmp_path):
@@ -291,7 +346,7 @@ def test_kto_trains_on_unpaired_rows_with_a_paired_held_out_file(toy, tmp_path):
     unpaired.write_text("".join(json.dumps(r) + "\n" for r in rows))
     held = tmp_path / "held.jsonl"
     held.write_text("".join(json.dumps(r) + "\n" for r in toy_rows(8, 2)))
-    summary = run(config(unpaired, tmp_path, objective="kto", eval_data=str(held), max_steps=3))
+    summary = train(unpaired, tmp_path, "kto", eval_data=str(held), max_steps=3)
     assert summary["steps"] == 3 and summary["heldout_after"]["n"] == 8
     metrics = [json.loads(line) for line in (tmp_path / "runs" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(m["loss"]) and m["kl"] >= 0 for m in metrics)
@@ -301,7 +356,7 @@ def test_kto_trains_on_unpaired_rows_with_a_paired_held_out_file(toy, tmp_path):
 
 
 def test_length_buckets_cut_padding_and_every_epoch_visits_each_batch_once(toy, tmp_path):
-    trainer = Trainer(config(toy, tmp_path))
+    trainer = PairedTrainer(config(toy, tmp_path))
     items = trainer.data.train
 
     def padding(batches):
@@ -312,8 +367,9 @@ def test_length_buckets_cut_padding_and_every_epoch_visits_each_batch_once(toy, 
             waste += sum(longest - len(items[i].prompt_ids) - len(items[i].chosen_ids) for i in b)
         return waste
 
-    bucketed = make_batches(items, 16, 12, seed=0)
-    plain = make_batches(items, 16, 1, seed=0)
+    length = lambda p: len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))  # noqa: E731
+    bucketed = make_batches(items, 16, 12, seed=0, length=length)
+    plain = make_batches(items, 16, 1, seed=0, length=length)
     assert padding(bucketed) < padding(plain)
     assert sorted(i for b in bucketed for i in b) == sorted(i for b in plain for i in b)
     epoch = [tuple(batch_for_step(bucketed, s, 42)) for s in range(len(bucketed))]
@@ -325,8 +381,8 @@ def test_length_buckets_cut_padding_and_every_epoch_visits_each_batch_once(toy, 
 
 
 def test_eval_command_reproduces_the_runs_final_held_out_metrics(toy, tmp_path):
-    from rlxf.eval.preference import Config as EvalConfig
-    from rlxf.eval.preference import run as run_eval
+    from rlxf.recipes.preference_eval import Config as EvalConfig
+    from rlxf.recipes.preference_eval import run as run_eval
 
     summary = run(config(toy, tmp_path, max_steps=3))
     report = run_eval(EvalConfig(run=str(tmp_path / "runs" / "run")))
@@ -355,7 +411,7 @@ def test_smollm2_lora_dpo_on_an_hh_slice(tmp_path, monkeypatch):
         head = [next(f) for _ in range(160)]
     data = tmp_path / "hh160.jsonl"
     data.write_text("".join(head))
-    c = Config(model="smollm2", data=str(data), eval_size=32, max_steps=16, batch_size=8, lr=1e-3, beta=0.1,
+    c = Config(model="smollm2", data=str(data), eval_size=32, max_steps=16, batch_size=8, lr=1e-3, loss={"beta": 0.1},
                lora_r=16, lora_alpha=32, max_prompt_tokens=64, max_completion_tokens=32, eval_every=0,
                save_every=0, output_dir=str(tmp_path), run_name="hh", progress=False, plots=False)
     summary = run(c)

@@ -15,9 +15,10 @@ import contextlib
 import pytest
 import torch
 
+from rlxf.data.batching import pad_left
 from rlxf.models import load_policy
-from rlxf.rollout import Rollout, TransformersGenerator, pad_left
-from rlxf.rollout.transformers_backend import _completion_mask, sample_categorical
+from rlxf.rollout import Rollout, TransformersGenerator
+from rlxf.rollout.base import completion_mask, sample_categorical
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 TEXTS = ["<|im_start|>user\nSay 7<|im_end|>\n<|im_start|>assistant\n", "Hi", "What is 12+30?", "a b c d e f", "?"]
@@ -127,7 +128,7 @@ def test_completion_mask_when_pad_is_eos(tiny):
     assert rollout.finished.any()
     _check_structure(rollout, eos, eos)
     tokens = torch.tensor([[5, eos, eos, eos], [eos, eos, eos, eos], [5, 6, 7, 8], [eos, 5, eos, 6]])
-    assert _completion_mask(tokens, torch.tensor([eos])).tolist() == [
+    assert completion_mask(tokens, torch.tensor([eos])).tolist() == [
         [True, True, False, False], [True, False, False, False], [True] * 4, [True, False, False, False]]
 
 
@@ -193,3 +194,40 @@ def test_argument_errors(tiny):
         gen.generate([prompts[0], []], max_new_tokens=2)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         gen.generate(prompts, temperature=0.0)
+
+
+@pytest.mark.parametrize("backend", ["transformers", "fast_llama"])
+def test_load_weights_makes_a_generator_on_a_copy_sample_like_one_on_the_trained_module(tiny, backend):
+    """A generator built on its own copy of the policy samples with the policy's new weights once they are
+    loaded (same tokens and sampler log-probs as a generator on the trained module itself, same draws), and
+    records the version; a generator on the training module itself copies nothing."""
+    import copy
+
+    from rlxf.rollout import FastLlamaGenerator
+    from rlxf.rollout.base import load_state_into
+
+    model, tokenizer, prompts = tiny
+    make = TransformersGenerator if backend == "transformers" else FastLlamaGenerator
+    policy = copy.deepcopy(model)
+    detached = make(copy.deepcopy(model), eos_token_ids={tokenizer.eos_token_id}, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # "training" on the policy only
+
+    def sample(generator):
+        return generator.generate(prompts, n=2, max_new_tokens=6, rng=torch.Generator().manual_seed(3))
+
+    on_policy = sample(make(policy, eos_token_ids={tokenizer.eos_token_id}, pad_token_id=tokenizer.pad_token_id))
+    stale = sample(detached)
+    assert not torch.equal(stale.sampler_logps, on_policy.sampler_logps)
+    assert detached.version == 0
+    detached.load_weights(policy.state_dict(), version=7)
+    fresh = sample(detached)
+    assert detached.version == 7
+    assert torch.equal(fresh.completion_ids, on_policy.completion_ids)
+    torch.testing.assert_close(fresh.sampler_logps, on_policy.sampler_logps, rtol=0, atol=0)
+    assert load_state_into(policy, policy.state_dict()) == 0  # its own tensors: nothing to copy
+    with pytest.raises(ValueError, match="tensors the model does not have"):
+        detached.load_weights({"no.such.weight": torch.zeros(1)}, version=8)
+    with pytest.raises(ValueError, match="has shape"):
+        detached.load_weights({"model.norm.weight": torch.zeros(3)}, version=8)

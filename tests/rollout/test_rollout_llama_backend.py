@@ -213,8 +213,7 @@ def test_unsupported_models_are_refused():
 
 @pytest.mark.slow
 def test_smollm2_greedy_equals_transformers_generator():
-    from rlxf.data import arithmetic_rows
-    from rlxf.eval.accuracy import encode_prompts
+    from rlxf.data import arithmetic_rows, encode_prompts
 
     model, tokenizer = load_policy("smollm2")
     prompts = encode_prompts(tokenizer, arithmetic_rows(16, seed=12345))

@@ -14,7 +14,7 @@ import torch
 
 from rlxf.models import load_policy
 from rlxf.models.layout import use_kn_layout
-from rlxf.recipes.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlxf.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 def _trainer(kn: bool, fused: bool):

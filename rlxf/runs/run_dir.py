@@ -15,9 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlxf.config import config_from_yaml
+from rlxf.runs.checkpoint import latest_checkpoint
 
 
 class RunDir:
@@ -99,17 +100,8 @@ def progress_bar(enabled: bool):
     context (yielding None) when disabled."""
     if not enabled:
         return contextlib.nullcontext(None)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), transient=False, refresh_per_second=2)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; any other name is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve_resume(config: Any, *, extendable: tuple[str, ...]) -> Any:
@@ -127,8 +119,6 @@ def resolve_resume(config: Any, *, extendable: tuple[str, ...]) -> Any:
 def open_run_dir(trainer: Any, config_yaml: str, *, default_name: str) -> RunDir:
     """The run directory of ``trainer.config``: on resume, the trainer is restored from the latest complete
     checkpoint and metrics after it are dropped; else a new directory ``output_dir/(run_name or default_name)``."""
-    from rlxf.recipes.checkpoint import latest_checkpoint
-
     c = trainer.config
     if not c.resume:
         return RunDir(Path(c.output_dir) / (c.run_name or default_name)).create(config_yaml)

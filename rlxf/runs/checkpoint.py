@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlxf.models.loading import save_policy
+
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     state = optimizer.state_dict()
@@ -72,8 +74,6 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
 ) -> Path:
     """Write a complete checkpoint directory at ``path`` (atomically replaced if it exists)."""
-    from rlxf.models import save_policy
-
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
@@ -110,11 +110,9 @@ def load_checkpoint(
     sampling_rng: torch.Generator,
 ) -> dict[str, Any]:
     """Restore everything :func:`save_checkpoint` wrote into live objects; returns the trainer state."""
-    from safetensors.torch import load_file as load_weights
-
     path = Path(path)
     state = json.loads((path / "trainer_state.json").read_text())
-    weights = load_weights(str(path / "model" / "model.safetensors"))
+    weights = load_file(str(path / "model" / "model.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # Tied LM heads are saved once; anything else missing means the checkpoint does not fit the model.
     tied = {k for k in missing if k.endswith("lm_head.weight") and model.config.tie_word_embeddings}

@@ -1,0 +1,46 @@
+"""LoRA through peft: adding adapters, computing with them off (the reference), and checkpointing them alone."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import save_file
+
+__all__ = ["LoraWeights", "adapters_off", "add_lora"]
+
+
+def add_lora(model, *, r: int, alpha: float, dropout: float, targets: Sequence[str]):
+    """``model`` wrapped by peft with rank-``r`` adapters (scaling ``alpha / r``) on the ``targets`` modules; the
+    base weights are frozen and the adapters start at B = 0, so the wrapped model computes what ``model`` did."""
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                            target_modules=list(targets), task_type="CAUSAL_LM"))
+
+
+def adapters_off(model):
+    """Context in which a peft model computes with its base weights only (nothing for a plain model)."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if callable(disable) else contextlib.nullcontext()
+
+
+class LoraWeights:
+    """What checkpoint saving and loading see of a LoRA model: only the adapter weights are written
+    (``model.safetensors`` + ``adapter_config.json``) and loaded back; the frozen base comes from the run's
+    ``model``. Quacks like the part of a transformers model that ``save_pretrained``/``load_state_dict`` use."""
+
+    hf_quantizer = None
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+        self.config = peft_model.config
+
+    def save_pretrained(self, path, safe_serialization: bool = True) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.peft_model.peft_config["default"].save_pretrained(str(path))
+        weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.peft_model).items()}
+        save_file(weights, str(Path(path) / "model.safetensors"))
+
+    def load_state_dict(self, weights, strict: bool = False):
+        result = set_peft_model_state_dict(self.peft_model, weights)
+        return [], list(getattr(result, "unexpected_keys", []))

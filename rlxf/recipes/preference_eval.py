@@ -1,0 +1,63 @@
+"""``rlxf eval preference``: held-out preference accuracy of a trained offline run, or of any policy against a
+reference on a preference file. The metrics are `rlxf.eval.preference`'s; this command knows how the offline
+recipes build a run (its split, its reference), which is why it lives with them."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlxf.config import option
+from rlxf.eval.preference import evaluate_models, format_preference_eval
+from rlxf.recipes import group_robust_dpo, kto, preference
+from rlxf.recipes.offline import evaluate_run
+
+# The offline recipes by the name their runs record in config.yaml (`recipe:`).
+RUN_KINDS = {
+    "dpo": (preference.Config, preference.PairedTrainer),
+    "kto": (kto.Config, kto.UnpairedTrainer),
+    "group-robust-dpo": (group_robust_dpo.Config, group_robust_dpo.GroupRobustTrainer),
+}
+
+
+@dataclass
+class Config:
+    """``rlxf eval preference``: held-out preference accuracy of a policy against its reference."""
+
+    run: str | None = option(
+        None, "A `rlxf train dpo|kto|group-robust-dpo` run directory: evaluates its latest checkpoint (the final "
+        "weights of a finished run) on its own held-out split against its reference; the fields below are then "
+        "read from the run's config.",
+    )
+    model: str | None = option(None, "Policy to evaluate (without run=): 'smollm2', 'tiny' or a directory.")
+    reference: str = option("smollm2", "Reference policy (without run=).")
+    data: str = option("hh_harmless_512", "Preference JSONL (without run=); every row is evaluated.")
+    max_prompt_tokens: int = option(256, "Prompt truncation (from the left), without run=.")
+    max_completion_tokens: int = option(128, "Completion truncation (from the right), without run=.")
+    beta: float = option(0.1, "beta of the implicit reward (without run=; with run= the run's loss's beta).")
+    batch_size: int = option(16, "Pairs per forward.")
+    precision: str = option("fp32", "fp32 or bf16.", choices=("fp32", "bf16"))
+    output: str | None = option(None, "Write the report as JSON here.")
+
+
+def run(config: Config) -> dict[str, Any]:
+    if config.run:
+        recipe = (yaml.safe_load((Path(config.run) / "config.yaml").read_text()) or {}).get("recipe")
+        if recipe not in RUN_KINDS:
+            raise ValueError(f"{config.run}: not an offline preference run (its config.yaml says recipe: {recipe})")
+        report = evaluate_run(config.run, *RUN_KINDS[recipe], batch_size=config.batch_size)
+    elif config.model:
+        report = evaluate_models(config.model, config.reference, config.data, beta=config.beta,
+                                 max_prompt_tokens=config.max_prompt_tokens,
+                                 max_completion_tokens=config.max_completion_tokens, batch_size=config.batch_size,
+                                 precision=config.precision)
+    else:
+        raise ValueError("give run=<run directory> or model=<policy to evaluate>")
+    print(format_preference_eval(report))
+    if config.output:
+        with open(config.output, "w") as f:
+            json.dump(report, f, indent=1)
+    return report
