@@ -6,8 +6,8 @@ wins): the dataclass defaults, the entry's preset from ``rlxf/presets/``, the us
 ``key=value`` overrides. Modules are imported only when needed so that ``rlxf --help`` stays instant.
 
 Errors the user can fix (bad config, unknown recipe, missing file, bad data) print one line
-``rlxf: error: ...`` and exit with status 2; Ctrl-C exits with 130. Anything else is a bug and keeps its
-traceback.
+``rlxf: error: ...`` and exit with status 2; Ctrl-C exits with 130, a closed pipe (``rlxf list | head``) with
+141. Anything else is a bug and keeps its traceback, a registry that fails to import included.
 
 Plugins and tests can add entries without editing the registries: ``RLXF_EXTRA_RECIPES`` (and
 ``RLXF_EXTRA_EVALS``) hold comma-separated ``name=module[:preset.yaml]`` items, e.g.
@@ -20,44 +20,39 @@ import importlib
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
 from rlxf import __version__
-from rlxf.config import ConfigError, build_config, config_help, config_to_yaml
+from rlxf.config import ConfigError, Entry, build_config, config_help, config_to_yaml
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 _HELP = ("-h", "--help")
-_COMMANDS = ("train", "eval", "list")
 
 
 class CLIError(Exception):
     """A usage mistake on the command line (unknown command, recipe or option)."""
 
 
-class _Entry(NamedTuple):
-    """Same fields as ``rlxf.recipes.RecipeEntry``; used for entries from the environment."""
-
-    module: str
-    preset: str | None
-    summary: str
-
-
 class _Kind(NamedTuple):
     """What ``train`` and ``eval`` differ in."""
 
     noun: str  # "recipe" / "eval"
-    registry: str  # module holding the dict
+    registry: str  # module holding the dict of entries
     attr: str  # name of the dict
     env: str  # environment variable with extra entries
+    examples: tuple[str, ...]
 
 
 _KINDS = {
-    "train": _Kind("recipe", "rlxf.recipes", "RECIPES", "RLXF_EXTRA_RECIPES"),
-    "eval": _Kind("eval", "rlxf.eval", "EVALS", "RLXF_EXTRA_EVALS"),
+    "train": _Kind("recipe", "rlxf.recipes", "RECIPES", "RLXF_EXTRA_RECIPES",
+                   ("rlxf train grpo lr=2e-5 time_budget_s=600", "rlxf train grpo resume=runs/grpo-xxxx")),
+    "eval": _Kind("eval", "rlxf.eval", "EVALS", "RLXF_EXTRA_EVALS",
+                  ("rlxf eval arithmetic model=runs/grpo-xxxx/final",)),
 }
+_COMMANDS = (*_KINDS, "list")
 
 MAIN_HELP = """\
 usage: rlxf <command> [args]
@@ -75,6 +70,7 @@ examples:
   rlxf train grpo                                # the default job, configured by its preset
   rlxf train grpo --help                         # every config key with its type, default and help
   rlxf train grpo lr=2e-5 time_budget_s=600      # override config keys
+  rlxf train dpo loss.beta=0.2                   # set one key of a dict-valued key (a loss hyperparameter)
   rlxf train grpo my.yaml seed=1                 # your preset over the recipe's, then overrides
   rlxf train grpo resume=runs/grpo-xxxx          # continue an interrupted run where it stopped
   rlxf train grpo --dry-run                      # print the resolved config (a valid preset) and exit
@@ -82,7 +78,8 @@ examples:
 
 config values are applied in order, later wins: the recipe's defaults, its preset, your PRESET.yaml,
 then key=value. Keys may be written with '-' or '_'. Values are YAML: 2e-5, true, null, [1, 2]; lists
-may also be given as 1,2.
+may also be given as 1,2. A dict-valued key is a group: loss.beta=0.2 sets one of its keys over the presets'
+values, loss={beta: 0.2} replaces the whole dict.
 
 options:
   -h, --help       show this help (after a recipe name: that recipe's config)
@@ -95,52 +92,31 @@ def _did_you_mean(word: str, names: Sequence[str]) -> str:
     return f"; did you mean '{matches[0]}'?" if matches else ""
 
 
-def _extra_entries(env: str) -> dict[str, _Entry]:
-    """Entries from ``$env``: comma-separated ``name=module[:preset]`` (for plugins and tests)."""
-    entries = {}
-    for item in filter(None, (part.strip() for part in os.environ.get(env, "").split(","))):
+def _registry(command: str) -> dict[str, Entry]:
+    """The entries of ``train``/``eval``: the registry's, then those of ``$RLXF_EXTRA_...`` (comma-separated
+    ``name=module[:preset]``, for plugins and tests). A registry that fails to import is a bug, not hidden."""
+    kind = _KINDS[command]
+    entries = dict(getattr(importlib.import_module(kind.registry), kind.attr))
+    for item in filter(None, (part.strip() for part in os.environ.get(kind.env, "").split(","))):
         name, eq, target = item.partition("=")
-        module, _, preset = target.partition(":")
-        if not (eq and name.strip() and module.strip()):
-            raise CLIError(f"${env}: expected comma-separated name=module[:preset.yaml], got {item!r}")
-        module = module.strip()
-        entries[name.strip()] = _Entry(module, preset.strip() or None, f"{module} (from ${env})")
+        module, _, preset = (part.strip() for part in target.partition(":"))
+        if not (eq and name.strip() and module):
+            raise CLIError(f"${kind.env}: expected comma-separated name=module[:preset.yaml], got {item!r}")
+        entries[name.strip()] = Entry(module, preset or None, f"{module} (from ${kind.env})")
     return entries
 
 
-def _registry(command: str) -> tuple[dict[str, Any], str | None]:
-    """The entries for ``train``/``eval`` and, if the registry module failed to import, why."""
-    kind = _KINDS[command]
-    entries: dict[str, Any] = {}
-    error = None
-    try:
-        entries.update(getattr(importlib.import_module(kind.registry), kind.attr))
-    except Exception as e:  # a layer still being written must not take the whole CLI down
-        error = f"{type(e).__name__}: {e}"
-    entries.update(_extra_entries(kind.env))
-    return entries, error
-
-
-def _find_entry(command: str, name: str) -> Any:
-    entries, error = _registry(command)
+def _find_entry(command: str, name: str) -> Entry:
+    entries = _registry(command)
     for candidate in (name, name.replace("_", "-"), name.replace("-", "_")):
         if candidate in entries:
             return entries[candidate]
     noun = _KINDS[command].noun
-    hint = _did_you_mean(name, list(entries))
-    if error:
-        hint += f" ({_registry_name(command)} unavailable: {error})"
-    elif entries and not hint:
-        hint = f"; known {noun}s: {', '.join(entries)}"
+    hint = _did_you_mean(name, list(entries)) or (f"; known {noun}s: {', '.join(entries)}" if entries else "")
     raise CLIError(f"unknown {noun} '{name}'{hint}")
 
 
-def _registry_name(command: str) -> str:
-    kind = _KINDS[command]
-    return f"{kind.registry}.{kind.attr}"
-
-
-def _entry_preset(entry: Any) -> Path | None:
+def _entry_preset(entry: Entry) -> Path | None:
     """A bare file name is looked up in ``rlxf/presets/``; anything with a directory is used as given."""
     if not entry.preset:
         return None
@@ -148,7 +124,7 @@ def _entry_preset(entry: Any) -> Path | None:
     return PRESET_DIR / path if path.name == entry.preset else path
 
 
-def _import_entry(entry: Any, name: str) -> ModuleType:
+def _import_entry(entry: Entry, name: str) -> ModuleType:
     try:
         module = importlib.import_module(entry.module)
     except ModuleNotFoundError as e:
@@ -165,39 +141,24 @@ def _import_entry(entry: Any, name: str) -> ModuleType:
 
 def _split_args(command: str, name: str, args: Sequence[str]) -> tuple[str | None, list[str], set[str]]:
     """``[PRESET.yaml] [key=value ...]`` plus flags -> (preset, overrides, flags)."""
-    preset, overrides, flags = None, [], set()
-    positional = 0
+    preset, overrides, flags, positional = None, [], set(), 0
     for arg in args:
-        if arg in _HELP:
-            flags.add("help")
-        elif arg == "--dry-run":
-            flags.add("dry_run")
+        if arg in (*_HELP, "--dry-run"):
+            flags.add("help" if arg in _HELP else "dry_run")
         elif arg.startswith("--") and "=" in arg:
             overrides.append(arg[2:])  # --key=value, for people used to flags
         elif arg.startswith("-") and "=" not in arg:
-            raise CLIError(
-                f"unknown option '{arg}'; options are --help and --dry-run, config values are key=value"
-            )
-        else:
-            is_yaml = "=" not in arg and arg.lower().endswith((".yaml", ".yml"))
-            if is_yaml and positional == 0:
-                preset = arg
-            elif "=" in arg:
-                overrides.append(arg)
-            elif is_yaml:
-                noun = _KINDS[command].noun
-                raise CLIError(f"a preset file must come right after the {noun} name, got {arg!r}")
-            else:
-                raise CLIError(f"expected key=value or PRESET.yaml after 'rlxf {command} {name}': {arg!r}")
+            raise CLIError(f"unknown option '{arg}'; options are --help and --dry-run, config values are key=value")
+        elif "=" in arg:
+            overrides.append(arg)
             positional += 1
+        elif not arg.lower().endswith((".yaml", ".yml")):
+            raise CLIError(f"expected key=value or PRESET.yaml after 'rlxf {command} {name}': {arg!r}")
+        elif positional:
+            raise CLIError(f"a preset file must come right after the {_KINDS[command].noun} name, got {arg!r}")
+        else:
+            preset, positional = arg, 1
     return preset, overrides, flags
-
-
-_EXAMPLE_VALUES = (
-    ("lr", "2e-5"),
-    ("time_budget_s", "600"),
-    ("seed", "1"),
-)
 
 
 def _examples(command: str, name: str, config_cls: type) -> list[tuple[str, str]]:
@@ -205,10 +166,8 @@ def _examples(command: str, name: str, config_cls: type) -> list[tuple[str, str]
     fields = getattr(config_cls, "__dataclass_fields__", {})
     base = f"rlxf {command} {name}"
     examples = [(base, "run with the preset's values")]
-    values = [f"{key}={value}" for key, value in _EXAMPLE_VALUES if key in fields][:2]
-    if not values and fields:
-        first = next(iter(fields))
-        values = [f"{first}=..."]
+    values = [f"{key}={value}" for key, value in (("lr", "2e-5"), ("time_budget_s", "600"), ("seed", "1"))
+              if key in fields][:2] or [f"{key}=..." for key in list(fields)[:1]]
     if values:
         examples.append((f"{base} {' '.join(values)}", "override config keys"))
     if "resume" in fields:
@@ -219,19 +178,19 @@ def _examples(command: str, name: str, config_cls: type) -> list[tuple[str, str]
     return examples
 
 
-def _entry_help(command: str, name: str, entry: Any, module: ModuleType, cfg: Any, presets: list) -> str:
-    examples = _examples(command, name, module.Config)
+def _entry_help(command: str, name: str, entry: Entry, config_cls: type, cfg: Any, presets: list) -> str:
+    examples = _examples(command, name, config_cls)
     width = max(len(line) for line, _ in examples) + 2
     order = textwrap.fill(
-        "config values are applied in order, later wins: the defaults of "
-        f"{module.Config.__module__}.{module.Config.__qualname__}, "
-        + (f"the preset {_entry_preset(entry)}, " if entry.preset else "")
-        + "your PRESET.yaml, then key=value. Keys may be written with '-' or '_'. Values are YAML: "
-        "2e-5, true, null, [1, 2] (lists also as 1,2).",
+        f"config values are applied in order, later wins: the defaults of {config_cls.__module__}."
+        f"{config_cls.__qualname__}, " + (f"the preset {_entry_preset(entry)}, " if entry.preset else "")
+        + "your PRESET.yaml, then key=value (group.key=value sets one key of a dict-valued key). Keys may be written "
+        "with '-' or '_'. Values are YAML: 2e-5, true, null, [1, 2] (lists also as 1,2).",
         width=108,
         break_on_hyphens=False,
     )
-    lines = [
+    applied = f" (defaults with {', '.join(str(p) for p in presets)} applied)" if presets else ""
+    return "\n".join([
         f"rlxf {command} {name}: {entry.summary}",
         "",
         f"usage: rlxf {command} {name} [PRESET.yaml] [key=value ...] [--dry-run]",
@@ -241,40 +200,30 @@ def _entry_help(command: str, name: str, entry: Any, module: ModuleType, cfg: An
         "",
         order,
         "",
-        "config" + (f" (defaults with {', '.join(str(p) for p in presets)} applied):" if presets else ":"),
+        f"config{applied}:",
         config_help(cfg),
-    ]
-    return "\n".join(lines)
+    ])
+
+
+def _rows(items: Sequence[tuple[str, str]]) -> list[str]:
+    if not items:
+        return ["  (none registered)"]
+    width = max(len(name) for name, _ in items) + 2
+    return [f"  {name:<{width}}{summary}".rstrip() for name, summary in items]
 
 
 def _list_help(command: str) -> str:
     kind = _KINDS[command]
-    entries, error = _registry(command)
-    lines = [
+    return "\n".join([
         f"usage: rlxf {command} <{kind.noun}> [PRESET.yaml] [key=value ...] [--dry-run]",
         f"       rlxf {command} <{kind.noun}> --help     # its config keys, types, defaults and help",
         "",
         f"{kind.noun}s:",
-        *_rows(list(entries.items()), lambda e: e.summary),
-    ]
-    if error:
-        lines.append(f"  ({_registry_name(command)} unavailable: {error})")
-    lines += ["", "examples:"]
-    if command == "train":
-        lines += [
-            "  rlxf train grpo lr=2e-5 time_budget_s=600",
-            "  rlxf train grpo resume=runs/grpo-xxxx",
-        ]
-    else:
-        lines += ["  rlxf eval arithmetic model=runs/grpo-xxxx/final"]
-    return "\n".join(lines)
-
-
-def _rows(items: list[tuple[str, Any]], summary: Callable[[Any], str]) -> list[str]:
-    if not items:
-        return ["  (none registered)"]
-    width = max(len(name) for name, _ in items) + 2
-    return [f"  {name:<{width}}{summary(value)}".rstrip() for name, value in items]
+        *_rows([(name, entry.summary) for name, entry in _registry(command).items()]),
+        "",
+        "examples:",
+        *(f"  {example}" for example in kind.examples),
+    ])
 
 
 def _run_entry(command: str, args: Sequence[str]) -> int:
@@ -290,60 +239,13 @@ def _run_entry(command: str, args: Sequence[str]) -> int:
     presets = [p for p in (_entry_preset(entry), preset) if p is not None]
     cfg = build_config(module.Config, presets, overrides)
     if "help" in flags:
-        print(_entry_help(command, name, entry, module, cfg, presets))
-        return 0
-    if "dry_run" in flags:
+        print(_entry_help(command, name, entry, module.Config, cfg, presets))
+    elif "dry_run" in flags:
         print(config_to_yaml(cfg, recipe=name), end="")
-        return 0
-    # Recipes print their own human summary and write summary.json; the returned dict is for Python callers.
-    module.run(cfg)
+    else:
+        # Recipes print their own human summary and write summary.json; the returned dict is for Python callers.
+        module.run(cfg)
     return 0
-
-
-# ------------------------------------------------------------------------------------------ rlxf list
-
-
-def _doc_summary(obj: Any) -> str:
-    doc = (getattr(obj, "__doc__", None) or "").strip()
-    return doc.splitlines()[0] if doc else ""
-
-
-def _objective_rows() -> list[tuple[str, str]]:
-    objectives = importlib.import_module("rlxf.objectives")
-    get = getattr(objectives, "get_objective", None)
-    rows = []
-    for item in objectives.list_objectives():
-        if isinstance(item, str):
-            rows.append((item, _doc_summary(get(item)) if get else ""))
-        else:
-            rows.append((str(item[0]), str(item[1])))
-    return rows
-
-
-def _feedback_rows() -> list[tuple[str, str]]:
-    feedback = importlib.import_module("rlxf.feedback")
-    rows = []
-    for item in feedback.list_feedback():
-        rows.append((item, "") if isinstance(item, str) else (str(item[0]), str(item[1])))
-    return rows
-
-
-def _entry_rows(command: str) -> Callable[[], list[tuple[str, str]]]:
-    def rows() -> list[tuple[str, str]]:
-        entries, error = _registry(command)
-        if error and not entries:
-            raise RuntimeError(error)
-        return [(name, entry.summary) for name, entry in entries.items()]
-
-    return rows
-
-
-def _section(title: str, load: Callable[[], list[tuple[str, str]]]) -> list[str]:
-    try:
-        rows = load()
-    except Exception as e:  # another engineer's module may be missing or broken: say so, keep listing
-        return [title, f"  (unavailable: {type(e).__name__}: {' '.join(str(e).split())})"]
-    return [title, *_rows(rows, str)]
 
 
 def _cmd_list(args: Sequence[str]) -> int:
@@ -352,16 +254,16 @@ def _cmd_list(args: Sequence[str]) -> int:
         return 0
     if args:
         raise CLIError(f"'rlxf list' takes no arguments, got {' '.join(args)!r}")
-    sections = [
-        ("recipes (rlxf train <name>):", _entry_rows("train")),
-        ("objectives (policy losses):", _objective_rows),
-        ("feedback sources:", _feedback_rows),
-        ("evals (rlxf eval <name>):", _entry_rows("eval")),
-    ]
-    out = []
-    for title, load in sections:
-        out += [*_section(title, load), ""]
-    print("\n".join(out).rstrip())
+    # Imported here, not at the top: they load torch, which `rlxf --help` and `rlxf train x --help` need not.
+    objectives, feedback = importlib.import_module("rlxf.objectives"), importlib.import_module("rlxf.feedback")
+    sections = {
+        "recipes (rlxf train <name>):": [(name, entry.summary) for name, entry in _registry("train").items()],
+        "objectives (losses):": [(name, (objectives.get_objective(name).__doc__ or "").strip().partition("\n")[0])
+                                 for name in objectives.list_objectives()],
+        "feedback sources:": feedback.list_feedback(),
+        "evals (rlxf eval <name>):": [(name, entry.summary) for name, entry in _registry("eval").items()],
+    }
+    print("\n\n".join("\n".join([title, *_rows(rows)]) for title, rows in sections.items()))
     return 0
 
 
@@ -407,7 +309,7 @@ def _reexec_with_allocator_env(args: list[str]) -> None:
     """Re-execute ``rlxf train|eval`` once with ALLOCATOR_ENV (opt out: RLXF_NO_ALLOCATOR_TUNING=1)."""
     if not sys.platform.startswith("linux") or os.environ.get("RLXF_NO_ALLOCATOR_TUNING") == "1":
         return
-    if not args or args[0] not in ("train", "eval") or any(a in ("-h", "--help") for a in args):
+    if not args or args[0] not in ("train", "eval") or any(a in _HELP for a in args):
         return
     if all(os.environ.get(k) is not None for k in ALLOCATOR_ENV):
         return  # already set, by us or by the user: never override a user's choice

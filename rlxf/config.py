@@ -12,7 +12,8 @@ A recipe declares its knobs once, as a dataclass whose fields are made with :fun
 and everything else follows from the field types: :func:`build_config` applies presets then overrides,
 checking and converting each value (one-line :class:`ConfigError` on any problem); :func:`config_to_yaml`
 writes the resolved config with the help texts as comments, and that file is itself a valid preset;
-:func:`config_help` renders the table that ``rlxf train <recipe> --help`` prints.
+:func:`config_help` renders the table that ``rlxf train <recipe> --help`` prints. Both list the fields a
+class declares before inherited ones, so ``class Config(RunOptions)`` shows the recipe's own knobs first.
 
 Values are read as YAML (``1e-5``, ``true``, ``null``, ``[1, 2]``) and then coerced to the field type:
 
@@ -31,14 +32,14 @@ field type         accepted values
 ``Any``            the YAML value as it is
 =================  ===========================================================================
 
-A dict field is a group of settings that its recipe checks later (e.g. a loss's hyperparameters against
-the loss's signature), so a group value is kept as YAML reads it (``0.1``, ``null``, ``js``; note ``1e-5``
-stays a str until then). On the command line ``loss.beta=0.1`` sets one key over what the presets gave
-(later wins per key) and ``loss={beta: 0.1}`` replaces the whole dict; in a preset, ``loss: {beta: 0.1}``
-(or a block mapping) merges over the default and earlier presets key by key, as ``loss.beta: 0.1`` does.
+A dict field is a group of settings that its recipe checks later (e.g. against a loss's signature), so the
+values in it stay as YAML reads them (``0.1``, ``null``, ``js``; PyYAML reads ``1e-5`` as a str). On the
+command line ``loss.beta=0.1`` sets one key over what the presets gave and ``loss={beta: 0.1}`` replaces the
+whole dict; in a preset, ``loss: {beta: 0.1}`` (or a block mapping) merges over the default and earlier
+presets key by key.
 
-Keys may be spelt with ``-`` or ``_`` (``time-budget-s`` is ``time_budget_s``), keys inside a group too: they
-are identifiers. A preset may carry a ``recipe:`` key naming the recipe it was written for; it documents the
+Keys may be spelt with ``-`` or ``_`` (``time-budget-s`` is ``time_budget_s``), keys in a group too: they are
+identifiers. A preset may carry a ``recipe:`` key naming the recipe it was written for; it documents the
 file and is otherwise ignored.
 """
 from __future__ import annotations
@@ -57,17 +58,8 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin, get_ty
 
 import yaml
 
-__all__ = [
-    "ConfigError",
-    "Entry",
-    "build_config",
-    "coerce_value",
-    "config_from_yaml",
-    "config_help",
-    "config_to_yaml",
-    "option",
-    "parse_override",
-]
+__all__ = ["ConfigError", "Entry", "build_config", "coerce_value", "config_from_yaml", "config_help", "config_to_yaml",
+           "option", "parse_override"]
 
 # Spellings of booleans accepted from YAML files and the command line, compared lower-cased.
 _TRUE = frozenset({"true", "yes", "on", "1", "y"})
@@ -180,20 +172,12 @@ def _yaml_value(text: str) -> Any:
         return text
 
 
-def _is_null(value: Any, text: str | None) -> bool:
-    if value is None:
-        return True
-    return isinstance(value, str) and value.strip().lower() in _NULL and not (text and _is_quoted(text))
-
-
 def _as_text(value: Any, text: str | None) -> str | None:
     """The string a str-like field gets: the command-line text as typed (YAML would drop ``#...`` and
     retype ``123``/``yes``) unless it was quoted; from YAML files, strings and numbers."""
     if text is not None and not _is_quoted(text):
         return text
-    if isinstance(value, str | Path):
-        return str(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, str | Path) or (isinstance(value, int | float) and not isinstance(value, bool)):
         return str(value)
     return None
 
@@ -203,7 +187,8 @@ def _as_text(value: Any, text: str | None) -> str | None:
 
 
 def _to_none(value: Any, tp: Any, text: str | None) -> None:
-    if not _is_null(value, text):
+    null_word = isinstance(value, str) and value.strip().lower() in _NULL and not (text and _is_quoted(text))
+    if value is not None and not null_word:
         raise _Mismatch
 
 
@@ -291,19 +276,9 @@ def _to_dict(value: Any, tp: Any, text: str | None) -> dict:
 
 
 _COERCERS: dict[Any, Callable[[Any, Any, str | None], Any]] = {
-    Any: lambda value, tp, text: value,
-    type(None): _to_none,
-    Union: _to_union,
-    types.UnionType: _to_union,
-    Literal: _to_literal,
-    bool: _to_bool,
-    int: _to_int,
-    float: _to_float,
-    str: _to_text,
-    Path: _to_text,
-    list: _to_sequence,
-    tuple: _to_sequence,
-    dict: _to_dict,
+    Any: lambda value, tp, text: value, type(None): _to_none, Union: _to_union, types.UnionType: _to_union,
+    Literal: _to_literal, bool: _to_bool, int: _to_int, float: _to_float, str: _to_text, Path: _to_text,
+    list: _to_sequence, tuple: _to_sequence, dict: _to_dict,
 }
 
 
@@ -408,10 +383,8 @@ def parse_override(item: str) -> tuple[str, str]:
 
 def _read_preset(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"preset file not found: {path}")
     if not path.is_file():
-        raise ConfigError(f"preset is not a file: {path}")
+        raise ConfigError(f"preset {'is not a file' if path.exists() else 'file not found'}: {path}")
     try:
         with path.open(encoding="utf-8") as stream:  # a stream, so YAML's messages name the file
             data = yaml.safe_load(stream)
@@ -447,34 +420,27 @@ def _group(specs: dict[str, _Spec], key: str, where: str) -> tuple[_Spec, str]:
     hint = _suggest(name, groups) or (f"; groups: {', '.join(groups)}" if groups else "; this config has no groups")
     if spec is None:
         raise ConfigError(f"unknown config group '{name}' {where}{hint}")
-    raise ConfigError(f"config key '{name}' {where} takes one value ({_type_name(spec.type)}), not {name}.<key>{hint}")
+    kind = _type_name(spec.type, short=True)
+    raise ConfigError(f"config key '{name}' {where} is of type {kind}, not a group of {name}.<key> settings{hint}")
 
 
-def _apply(specs: dict[str, _Spec], values: dict[str, Any], item: tuple[str, Any, str | None, str], merge: bool):
-    """Set one ``(key, value, text, where)`` in ``values``. A dotted ``group.key`` sets one key of a dict field;
-    a whole dict merges into the field's dict so far when ``merge`` (presets), else replaces it."""
-    key, value, text, where = item
+def _apply(specs: dict[str, _Spec], values: dict[str, Any], key: str, value: Any, text: str | None, where: str,
+           *, merge: bool) -> None:
+    """Set ``key`` in ``values``. A dotted ``group.key`` sets one key of a dict field, unchecked; a whole dict
+    merges into the field's dict so far when ``merge`` (presets), else replaces it (``loss={...}``)."""
     if "." in key:
         spec, sub = _group(specs, key, where)
-        values[spec.name] = {**_so_far(spec, values), sub: value}
-        return
-    spec = _lookup(specs, key, where)
-    result = _coerce_field(spec, value, text, where)
-    values[spec.name] = {**_so_far(spec, values), **result} if merge and _is_group(spec) else result
+        value, merge = {sub: value}, True
+    else:
+        spec = _lookup(specs, key, where)
+        value = _coerce_field(spec, value, text, where)
+    if merge and _is_group(spec):
+        value = {**values.get(spec.name, {} if spec.required else spec.default()), **value}
+    values[spec.name] = value
 
 
-def _so_far(spec: _Spec, values: dict[str, Any]) -> dict:
-    """A dict field's value before the next setting: the one given so far, else the default."""
-    if spec.name in values:
-        return values[spec.name]
-    return {} if spec.required else spec.default()
-
-
-def build_config(
-    cls: type,
-    preset: str | Path | Sequence[str | Path] | None = None,
-    overrides: Iterable[str] | Mapping[str, Any] = (),
-) -> Any:
+def build_config(cls: type, preset: str | Path | Sequence[str | Path] | None = None,
+                 overrides: Iterable[str] | Mapping[str, Any] = ()) -> Any:
     """An instance of the config dataclass ``cls``: field defaults, then each preset file in order (a
     path or a list of paths), then ``overrides`` in order (``"key=value"`` strings, or a mapping of
     already-typed values for use from Python). Later values win; a dict field merges by key (module docstring).
@@ -487,14 +453,14 @@ def build_config(
     for path in [preset] if isinstance(preset, str | Path) else preset or ():
         for key, value in _read_preset(path).items():
             if _norm_key(key) != _RECIPE_KEY or _RECIPE_KEY in specs:
-                _apply(specs, values, (key, value, None, f"in preset {path}"), merge=True)
+                _apply(specs, values, key, value, None, f"in preset {path}", merge=True)
     if isinstance(overrides, Mapping):
         items = [(str(k), v, None, f"in overrides {{{k!r}: {v!r}}}") for k, v in overrides.items()]
     else:
         items = [(key, _yaml_value(text), text, f"in override '{item}'")
                  for item in overrides for key, text in [parse_override(item)]]
     for item in items:
-        _apply(specs, values, item, merge=False)
+        _apply(specs, values, *item, merge=False)
     missing = [s.name for s in specs.values() if s.required and s.name not in values]
     if missing:
         raise ConfigError(f"missing required config key(s) {', '.join(missing)}; set them with key=value")
@@ -544,7 +510,7 @@ def config_to_yaml(cfg: Any, *, recipe: str | None = None) -> str:
         value = _plain(getattr(cfg, spec.name))
         # Flow style keeps a collection on its key's line: [1, 2], {beta: 0.1}.
         flow = isinstance(value, list | dict)
-        dumped = yaml.safe_dump(value if flow else {spec.name: value}, default_flow_style=flow or None,
+        dumped = yaml.safe_dump(value if flow else {spec.name: value}, default_flow_style=flow,
                                 allow_unicode=True, width=_NO_WRAP)
         lines.append((f"{spec.name}: " if flow else "") + dumped.rstrip("\n"))
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from rlxf.config import config_to_yaml, option
 
@@ -26,6 +26,7 @@ class Config:
     feedback: str = option("arithmetic", "Feedback source.", choices=["arithmetic", "numeric"])
     group_sizes: list[int] = option([4, 8], "Samples per prompt, one entry per stage.")
     tags: list[str] = option([], "Free-form labels stored with the run.")
+    loss: dict[str, Any] = option({}, "Loss hyperparameters, loss.<name>=value (e.g. loss.beta=0.1).")
     output_dir: str = option("runs/fake", "Where the resolved config is written.")
     fail: Literal["none", "missing_file", "interrupt", "data"] = option(
         "none", "Make run() raise an error of this kind (to test the CLI's error handling)."

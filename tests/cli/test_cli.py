@@ -17,10 +17,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
-PRESET = "recipe: fake\nsteps: 7\nrun_name: from-preset\ntags: [preset]\n"
+PRESET = "recipe: fake\nsteps: 7\nrun_name: from-preset\ntags: [preset]\nloss: {beta: 0.1}\n"
+# `python -c BROKEN MODULE args...`: `rlxf args...` with the registry MODULE failing to import.
+BROKEN = "import sys; sys.modules[sys.argv[1]] = None; from rlxf.cli import main; sys.exit(main(sys.argv[2:]))"
 
 
-def rlxf(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def rlxf(*args: str, cwd: Path, env: dict[str, str] | None = None, code: str | None = None
+         ) -> subprocess.CompletedProcess:
+    """``python -m rlxf args...`` (or ``python -c code args...``) with the fake recipe and eval registered."""
     preset = cwd / "fake_preset.yaml"
     if not preset.exists():
         preset.write_text(PRESET, encoding="utf-8")
@@ -33,7 +37,7 @@ def rlxf(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess
         **(env or {}),
     }
     return subprocess.run(
-        [sys.executable, "-m", "rlxf", *args],
+        [sys.executable, *(["-c", code] if code else ["-m", "rlxf"]), *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120,
     )
 
@@ -63,6 +67,7 @@ def test_main_help_teaches(tmp_path, args):
         "rlxf train grpo lr=2e-5 time_budget_s=600",
         "rlxf train grpo resume=runs/grpo-xxxx",
         "rlxf eval arithmetic model=runs/grpo-xxxx/final",
+        "rlxf train dpo loss.beta=0.2",
         "rlxf list",
     ):
         assert example in result.stdout
@@ -97,6 +102,7 @@ def test_recipe_help_shows_preset_values_as_defaults(tmp_path):
     assert rows["steps"][:3] == ["steps", "int", "7"]  # from the preset, not the dataclass default 10
     assert rows["lr"][:3] == ["lr", "float", "1e-06"]
     assert rows["run_name"][:3] == ["run_name", "str", "from-preset"]
+    assert rows["loss"][:4] == ["loss", "dict[str,", "Any]", "{beta:"]
     assert "Peak learning rate." in out
 
 
@@ -127,6 +133,22 @@ def test_dry_run_prints_a_reusable_preset(tmp_path):
     again = rlxf("train", "fake", "resolved.yaml", "--dry-run", cwd=tmp_path)
     assert again.stdout == result.stdout
     assert yaml.safe_load(result.stdout)["lr"] == 3e-4
+
+
+def test_group_keys_merge_over_the_presets_or_replace_the_dict(tmp_path):
+    (tmp_path / "mine.yaml").write_text("loss: {gamma: 2}\n", encoding="utf-8")
+    merged = rlxf("train", "fake", "mine.yaml", "loss.divergence=js", "--loss.beta=0.5", "--dry-run", cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr
+    assert yaml.safe_load(merged.stdout)["loss"] == {"beta": 0.5, "gamma": 2, "divergence": "js"}
+    assert "\nloss: {beta: 0.5, divergence: js, gamma: 2}\n" in merged.stdout
+    replaced = rlxf("train", "fake", "mine.yaml", "loss={x: 1}", "--dry-run", cwd=tmp_path)
+    assert yaml.safe_load(replaced.stdout)["loss"] == {"x": 1}
+
+
+def test_group_key_errors(tmp_path):
+    line = assert_one_line_error(rlxf("train", "fake", "los.beta=1", cwd=tmp_path))
+    assert line == "rlxf: error: unknown config group 'los' in override 'los.beta=1'; did you mean 'loss'?"
+    assert_one_line_error(rlxf("train", "fake", "lr.x=1", cwd=tmp_path), "'lr'", "is of type float, not a group")
 
 
 def test_eval_uses_its_own_registry(tmp_path):
@@ -191,3 +213,25 @@ def test_bad_extra_recipes_variable(tmp_path):
 def test_extra_recipe_module_that_does_not_exist(tmp_path):
     result = rlxf("train", "ghost", cwd=tmp_path, env={"RLXF_EXTRA_RECIPES": "ghost=no_such_module_xyz"})
     assert_one_line_error(result, "cannot import module 'no_such_module_xyz' of 'ghost'")
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [("rlxf.recipes", ("list",)), ("rlxf.recipes", ("train", "fake", "--dry-run")),
+     ("rlxf.eval", ("eval", "fake-eval", "--dry-run"))],
+)
+def test_a_broken_registry_is_a_bug_with_its_traceback(tmp_path, module, args):
+    result = rlxf(module, *args, cwd=tmp_path, code=BROKEN)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" in result.stderr and f"import of {module} halted" in result.stderr
+    assert "rlxf: error" not in result.stderr
+
+
+def test_an_extra_recipe_that_raises_on_import_is_a_bug_with_its_traceback(tmp_path):
+    (tmp_path / "half_written.py").write_text("raise RuntimeError('half written')\n", encoding="utf-8")
+    env = {"RLXF_EXTRA_RECIPES": "half=half_written"}  # `python -m` puts the working directory on sys.path
+    result = rlxf("train", "half", cwd=tmp_path, env=env)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" in result.stderr and "RuntimeError: half written" in result.stderr
+    listed = rlxf("list", cwd=tmp_path, env=env)  # listing reads summaries and imports no entry module
+    assert listed.returncode == 0 and "half_written (from $RLXF_EXTRA_RECIPES)" in listed.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import yaml
@@ -43,6 +43,31 @@ class Checked:
     def __post_init__(self):
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+
+
+@dataclass
+class Grouped:
+    lr: float = option(1e-6, "Peak learning rate.")
+    loss: dict[str, Any] = option({"beta": 0.1}, "Loss hyperparameters, loss.<name>=value.")
+
+
+@dataclass
+class Run:
+    seed: int = option(42, "Seed.")
+    output_dir: str = option("runs", "Parent directory of run directories.")
+
+
+@dataclass
+class Resumable(Run):
+    resume: str | None = option(None, "Run directory to resume.")
+    save_every: int = option(50, "Checkpoint every N steps.")
+
+
+@dataclass
+class Recipe(Resumable):
+    lr: float = option(1e-6, "Peak learning rate.")
+    seed: int = option(1, "Seed, the recipe's own default.")  # redeclared: listed with the recipe's own fields
+    loss: dict[str, Any] = option({}, "Loss hyperparameters.")
 
 
 @dataclass
@@ -329,3 +354,99 @@ def test_config_help_shows_instance_values_as_defaults(tmp_path):
     cfg = build_config(Cfg, write(tmp_path / "p.yaml", "steps: 77\n"), [])
     row = next(line for line in config_help(cfg).splitlines() if line.split()[0] == "steps")
     assert row.split()[:3] == ["steps", "int", "77"]
+
+
+# ------------------------------------------------------------------------------------------ dict groups
+
+
+def loss(*overrides, preset=None, cls=Grouped):
+    return build_config(cls, preset, list(overrides)).loss
+
+
+def test_dotted_keys_merge_one_key_each_read_as_yaml():
+    got = loss("loss.divergence=js", "loss.gamma=null", "loss.clip-eps=0.2", "loss.n=3", "loss.beta=0.5")
+    assert got == {"beta": 0.5, "divergence": "js", "gamma": None, "clip_eps": 0.2, "n": 3}
+    assert type(got["n"]) is int and type(got["clip_eps"]) is float
+    assert loss("loss.beta=0.2", "loss.beta=0.3") == {"beta": 0.3}  # later wins per key
+    assert Grouped().loss == {"beta": 0.1}  # the default dict is not touched
+
+
+def test_whole_dict_replaces_on_the_command_line():
+    assert loss("loss={divergence: js}") == {"divergence": "js"}
+    assert loss("loss={}") == {}
+    assert loss("loss={x: 1}", "loss.y=2") == {"x": 1, "y": 2}
+    assert loss("loss.y=2", "loss={x: 1}") == {"x": 1}
+
+
+def test_presets_merge_dicts_key_by_key(tmp_path):
+    first = write(tmp_path / "first.yaml", "loss: {divergence: js, gamma: 2}\n")
+    second = write(tmp_path / "second.yaml", "loss:\n  gamma: 3\n  clip-eps: 0.2\n")
+    assert loss(preset=first) == {"beta": 0.1, "divergence": "js", "gamma": 2}  # over the dataclass default
+    expected = {"beta": 0.1, "divergence": "js", "gamma": 3, "clip_eps": 0.2}
+    assert loss(preset=[first, second]) == expected
+    assert loss("loss.beta=0.5", preset=[first, second]) == {**expected, "beta": 0.5}
+    assert loss("loss={beta: 0.5}", preset=[first, second]) == {"beta": 0.5}
+    dotted = write(tmp_path / "dotted.yaml", "loss.gamma: 4\nloss.clip-eps: 0.3\n")
+    assert loss(preset=dotted) == {"beta": 0.1, "gamma": 4, "clip_eps": 0.3}
+
+
+def test_mapping_overrides_set_a_key_or_replace_the_dict():
+    assert build_config(Grouped, None, {"loss.gamma": 2}).loss == {"beta": 0.1, "gamma": 2}
+    assert build_config(Grouped, None, {"loss": {"gamma": 2}}).loss == {"gamma": 2}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lr.x=1", "config key 'lr' in override 'lr.x=1' is of type float, not a group of lr.<key> settings; "
+                   "groups: loss"),
+        ("los.beta=1", "unknown config group 'los' in override 'los.beta=1'; did you mean 'loss'?"),
+        ("zzz.beta=1", "unknown config group 'zzz' in override 'zzz.beta=1'; groups: loss"),
+        ("loss.=1", "missing key after 'loss.' in override 'loss.=1'"),
+        ("loss=[1]", "bad value for 'loss' in override 'loss=[1]': expected dict[str, Any], got '[1]'"),
+    ],
+)
+def test_group_errors(override, message):
+    assert error([override], cls=Grouped) == message
+
+
+def test_group_errors_without_groups_and_in_presets(tmp_path):
+    assert error(["steps.x=1"]) == (
+        "config key 'steps' in override 'steps.x=1' is of type int, not a group of steps.<key> settings; "
+        "this config has no groups"
+    )
+    preset = write(tmp_path / "p.yaml", "los.beta: 1\n")
+    assert error(preset=preset, cls=Grouped) == f"unknown config group 'los' in preset {preset}; did you mean 'loss'?"
+
+
+def test_dict_round_trip_and_help(tmp_path):
+    cfg = Grouped(loss={"beta": 0.2, "divergence": "js", "gamma": None, "word": "yes", "sizes": [1, 2],
+                        "text": "a: b, c", "nested": {"k": 1.5}})
+    text = config_to_yaml(cfg)
+    assert [line for line in text.splitlines() if line.startswith("loss")] == [
+        "loss: {beta: 0.2, divergence: js, gamma: null, nested: {k: 1.5}, sizes: [1, 2], text: 'a: b, c', word: 'yes'}"
+    ]  # one line, keys sorted
+    assert config_from_yaml(Grouped, write(tmp_path / "c.yaml", text)) == cfg
+    row = next(line for line in config_help(build_config(Grouped, None, ["loss.gamma=2"])).splitlines()
+               if line.split()[0] == "loss")
+    assert row.split()[:5] == ["loss", "dict[str,", "Any]", "{beta:", "0.1,"] and "gamma: 2}" in row
+    assert "{beta: 0.1}" in config_help(Grouped)
+
+
+# ------------------------------------------------------------------------------------------ inheritance
+
+
+def test_help_and_yaml_list_own_fields_first_then_nearest_base():
+    order = ["lr", "seed", "loss", "resume", "save_every", "output_dir"]
+    assert [line.split()[0] for line in config_help(Recipe).splitlines()[1:]] == order
+    text = config_to_yaml(Recipe(), recipe="r")
+    assert [line.split(":")[0] for line in text.splitlines() if line and not line.startswith("#")] == ["recipe", *order]
+    assert "  seed  " in next(line for line in config_help(Recipe).splitlines() if "own default" in line)
+
+
+def test_inherited_fields_build_as_before(tmp_path):
+    assert [f.name for f in dataclasses.fields(Recipe)] == ["seed", "output_dir", "resume", "save_every", "lr", "loss"]
+    assert error(["zzz=1"], cls=Recipe).endswith("valid keys: seed, output_dir, resume, save_every, lr, loss")
+    cfg = build_config(Recipe, None, ["save_every=5", "loss.beta=0.1"])
+    assert (cfg.seed, cfg.save_every, cfg.loss) == (1, 5, {"beta": 0.1})
+    assert config_from_yaml(Recipe, write(tmp_path / "r.yaml", config_to_yaml(cfg))) == cfg
