@@ -3,9 +3,11 @@
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -274,12 +276,23 @@ print(json.dumps({name: [r.status, r.stdout, r.stderr[-300:], list(r.isolation)]
 @pytest.mark.skipif(os.geteuid() != 0 or not (Path("/usr/bin/setpriv").exists() and Path("/usr/bin/python3").exists()),
                     reason="needs root, setpriv and a system python3 to act as an unprivileged caller")
 def test_unprivileged_caller_gets_user_namespaces():
-    """Run as `nobody` (with the system python3), the sandbox builds its namespaces inside a user namespace."""
-    caller = subprocess.run(
-        ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", "-c",
-         UNPRIVILEGED_CALLER, str(Path(sandbox.__file__).resolve())],
-        capture_output=True, text=True, timeout=120, cwd="/",
-    )
+    """Run as `nobody` (with the system python3), the sandbox builds its namespaces inside a user namespace.
+
+    `nobody` runs copies of the sandbox module and its launcher in a directory it can read: the checkout itself
+    may sit where other users cannot (a clone in root's home, or under a private temporary directory)."""
+    readable = Path(tempfile.mkdtemp(prefix="rlxf-sandbox-", dir="/tmp"))
+    readable.chmod(0o755)
+    try:
+        for name in ("sandbox.py", "_sandbox_launcher.py"):
+            shutil.copy(Path(sandbox.__file__).resolve().with_name(name), readable / name)
+            (readable / name).chmod(0o644)
+        caller = subprocess.run(
+            ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", "-c",
+             UNPRIVILEGED_CALLER, str(readable / "sandbox.py")],
+            capture_output=True, text=True, timeout=120, cwd="/",
+        )
+    finally:
+        shutil.rmtree(readable, ignore_errors=True)
     if caller.returncode != 0 and "No module named" in caller.stderr:
         pytest.skip(f"the system python3 cannot run the sandbox module: {caller.stderr[-200:]}")
     assert caller.returncode == 0, caller.stderr
