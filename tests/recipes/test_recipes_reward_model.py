@@ -87,11 +87,38 @@ def test_quantile_head_learns_and_reports_uncertainty(tmp_path):
     assert summary["heldout"]["mean_uncertainty"] > 0
 
 
+def scored_pairs_half_mislabelled(path: Path, n: int, *, heldout_from: int, seed: int = 0) -> Path:
+    """Keyword pairs whose row labels are wrong on every other training row, where the scores tell the truth.
+
+    The better reply always contains 'please'. On even training rows it is `chosen`, with chosen_score 1 and
+    rejected_score 0; on odd training rows it is `rejected`, with chosen_score 0 and rejected_score 10, so a loss
+    that reads the scores (soft BT: target sigmoid(gamma * (s_w - s_l)) ~ 0; margin BT: m = -10 leaves these rows
+    almost no gradient) learns 'please' is better, while one that ignores them sees contradicting halves. Rows
+    from line ``heldout_from`` on are labelled correctly (the held-out accuracy measures the truth)."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(n):
+            good = [rng.choice(WORDS) for _ in range(8)]
+            good.insert(rng.randrange(9), "please")
+            good, bad = " ".join(good), " ".join(rng.choice(WORDS) for _ in range(9))
+            prompt = "Say: " + " ".join(rng.choice(WORDS) for _ in range(3)) + "\n"
+            if i + 1 < heldout_from and i % 2 == 1:
+                row = {"prompt": prompt, "chosen": bad, "rejected": good, "chosen_score": 0.0, "rejected_score": 10.0}
+            else:
+                row = {"prompt": prompt, "chosen": good, "rejected": bad, "chosen_score": 1.0, "rejected_score": 0.0}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
 def test_soft_labels_and_margin_use_the_rows_scores(tmp_path):
-    data = keyword_pairs(tmp_path / "kw.jsonl", 400, scores=True)
+    """Half the training labels are wrong and only the scores say so: soft BT and the score-difference margin
+    must learn the truth (held-out accuracy > 0.9); plain BT on the same rows cannot (it sees two contradicting
+    halves), which shows the scores are what made the difference."""
+    data = scored_pairs_half_mislabelled(tmp_path / "kw.jsonl", 400, heldout_from=301)
     assert run(_config(tmp_path, data, loss="soft_bt", gamma=2.0))["heldout"]["accuracy"] > 0.9
     summary = run(_config(tmp_path, data, margin="score_diff", center_coef=0.01, run_name="m"))
     assert summary["heldout"]["accuracy"] > 0.9
+    assert run(_config(tmp_path, data, run_name="plain"))["heldout"]["accuracy"] < 0.8
 
 
 def test_trainable_tiny_causal_lm_learns_keyword(tmp_path):
