@@ -248,6 +248,13 @@ def _run_entry(command: str, args: Sequence[str]) -> int:
     return 0
 
 
+def _objective_summary(fn) -> str:
+    """``[recipe, default aggregation] first docstring line`` of a registered loss (read from the registry, so the
+    listing cannot drift from what the recipes run)."""
+    tags = fn.recipe + (f", {fn.default_aggregation}" if fn.default_aggregation else "")
+    return f"[{tags}] " + (fn.__doc__ or "").strip().partition("\n")[0]
+
+
 def _cmd_list(args: Sequence[str]) -> int:
     if args and args[0] in _HELP:
         print("usage: rlxf list\n\nrecipes, objectives (losses), feedback sources and evals, with summaries.")
@@ -258,8 +265,8 @@ def _cmd_list(args: Sequence[str]) -> int:
     objectives, feedback = importlib.import_module("rlxf.objectives"), importlib.import_module("rlxf.feedback")
     sections = {
         "recipes (rlxf train <name>):": [(name, entry.summary) for name, entry in _registry("train").items()],
-        "objectives (losses):": [(name, (objectives.get_objective(name).__doc__ or "").strip().partition("\n")[0])
-                                 for name in objectives.list_objectives()],
+        "objectives (losses; [the recipe that trains it, its default aggregation]):": [
+            (name, _objective_summary(objectives.get_objective(name))) for name in objectives.list_objectives()],
         "feedback sources:": feedback.list_feedback(),
         "evals (rlxf eval <name>):": [(name, entry.summary) for name, entry in _registry("eval").items()],
     }

@@ -382,3 +382,28 @@ def test_crashing_and_hanging_user_reward_is_contained(copy_task, tmp_path):
     nonfinite = sum(r["feedback_nonfinite"] for r in records)
     # A timeout is also recorded as an error, and every failed item counts as a non-finite reward.
     assert errors > timeouts > 0 and nonfinite == errors
+
+
+def test_the_grpo_preset_and_help_say_which_aggregation_runs():
+    """The grpo preset runs GRPO's clipped loss reduced with token_mean, which is DAPO's token-level normalisation,
+    not GRPO's own 1/G sum_i 1/|o_i| (seq_mean_token_mean, the registered default). The command's summary says
+    so, the aggregation help names no objective with a mode that is not its own default, and `rlxf list` shows each
+    objective's default from the registry."""
+    import dataclasses
+    import re
+
+    import yaml
+
+    from rlxf.cli import PRESET_DIR, _objective_summary
+    from rlxf.objectives import get_objective
+    from rlxf.ops import AGGREGATION_MODES
+    from rlxf.recipes import RECIPES
+
+    preset = yaml.safe_load((PRESET_DIR / "grpo.yaml").read_text())
+    assert preset["aggregation"] == "token_mean" != get_objective("grpo").default_aggregation
+    assert "token_mean" in RECIPES["grpo"].summary and "DAPO" in RECIPES["grpo"].summary
+    help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}["aggregation"]
+    modes = "|".join(AGGREGATION_MODES)
+    for mode, objective in re.findall(rf"({modes}) for (\w+)", help_text):
+        assert get_objective(objective).default_aggregation == mode, (mode, objective)
+    assert _objective_summary(get_objective("grpo")).startswith("[grpo, seq_mean_token_mean] GRPO")
