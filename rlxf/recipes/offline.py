@@ -43,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rlxf import runs
 from rlxf.config import ConfigError, config_from_yaml, config_to_yaml, option
 from rlxf.data import DataError, batch_for_step, make_batches, padding_slots
 from rlxf.data.preferences import data_fingerprint, load_preference_split
@@ -55,26 +56,12 @@ from rlxf.models.precision import resolve_precision
 from rlxf.models.reference import cached_reference_logps, model_fingerprint
 from rlxf.objectives import get_objective
 from rlxf.objectives.signature import call_loss, loss_signature, resolve_hyperparameters
-from rlxf.runs import (
-    ResumableRunOptions,
-    RunDir,
-    latest_checkpoint,
-    load_checkpoint,
-    mark_nonfinite_stop,
-    open_run_dir,
-    progress_bar,
-    resolve_device,
-    resolve_resume,
-    run_recording_status,
-    save_checkpoint,
-    set_threads,
-)
 
 CACHE_VERSION = 3
 
 
 @dataclass
-class OfflineConfig(ResumableRunOptions):
+class OfflineConfig(runs.ResumableRunOptions):
     """Offline preference optimisation on a fixed data set (the fields every offline recipe shares)."""
 
     # what to train
@@ -147,8 +134,8 @@ class OfflineTrainer(ABC):
 
     def __init__(self, config: OfflineConfig):
         self.config = c = config
-        self.device = resolve_device(c.device)
-        set_threads(c.threads)
+        self.device = runs.resolve_device(c.device)
+        runs.set_threads(c.threads)
         self.objective = _objective(c.objective, self.KIND)
         self.hyperparameters = resolve_hyperparameters(self.objective, c.loss)
         self.config = c = replace(c, loss=self.hyperparameters)  # config.yaml records every value used
@@ -355,14 +342,14 @@ class OfflineTrainer(ABC):
                 "nonfinite_in_row": self.nonfinite_in_row, "evals": self.evals, "ref_key": self.ref_key,
                 "displacement_warned": self.displacement_warned, **self.extra_state()}
 
-    def save(self, run: RunDir) -> Path:
-        return save_checkpoint(
+    def save(self, run: runs.RunDir) -> Path:
+        return runs.save_checkpoint(
             run.checkpoints / f"step-{self.step:06d}", model=self._checkpoint_model(), tokenizer=self.tokenizer,
             optimizer=self.optimizer, scheduler=self.scheduler, sampling_rng=self.rng,
             trainer_state=self.trainer_state())
 
     def restore(self, checkpoint: Path) -> None:
-        state = load_checkpoint(checkpoint, model=self._checkpoint_model(), optimizer=self.optimizer,
+        state = runs.load_checkpoint(checkpoint, model=self._checkpoint_model(), optimizer=self.optimizer,
                                 scheduler=self.scheduler, sampling_rng=self.rng)
         self.step = state["step"]
         self.train_clock = state["train_clock"]
@@ -390,11 +377,11 @@ def _objective(name: str, kind: str):
 
 def run(config: OfflineConfig, trainer_cls: type[OfflineTrainer]) -> dict[str, Any]:
     """Train with ``trainer_cls``; returns a summary dict (also written to ``<run>/summary.json``)."""
-    config = resolve_resume(config, extendable=("max_steps", "time_budget_s", "progress", "plots"))
+    config = runs.resolve_resume(config, extendable=("max_steps", "time_budget_s", "progress", "plots"))
     trainer = trainer_cls(config)  # validates data, loads the model, reference log-probs: nothing on disk yet
     c = trainer.config
     name = f"{c.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = open_run_dir(trainer, config_to_yaml(c, recipe=trainer.COMMAND), default_name=name)
+    run_dir = runs.open_run_dir(trainer, config_to_yaml(c, recipe=trainer.COMMAND), default_name=name)
     if not c.resume:
         (run_dir.path / "eval_rows.json").write_text(json.dumps(trainer.data.eval_sources, indent=0))
     d = trainer.data
@@ -403,57 +390,41 @@ def run(config: OfflineConfig, trainer_cls: type[OfflineTrainer]) -> dict[str, A
           f"held-out pairs ({d.format} format){f', {len(d.problems)} bad rows skipped' if d.problems else ''}; "
           f"{len(trainer.batches)} batches of {c.batch_size}, {trainer.max_steps} steps")
     print(f"reference log-probs: cache {trainer.ref_cache_status} ({trainer.ref_seconds:.1f} s)")
-    return run_recording_status(run_dir, lambda: _loop(trainer, run_dir), step=lambda: trainer.step)
+    return runs.run_recording_status(run_dir, lambda: _loop(trainer, run_dir), step=lambda: trainer.step)
 
 
-def _loop(trainer: OfflineTrainer, run_dir: RunDir) -> dict[str, Any]:
+def _loop(trainer: OfflineTrainer, run_dir: runs.RunDir) -> dict[str, Any]:
     c = trainer.config
     if not trainer.evals and trainer.data.eval:
         trainer.evaluate()
         print(f"held-out before training: {format_preference_eval(trainer.evals[-1])}")
-    stop_reason = "max_steps"
-    step_seconds: list[float] = []
     tokens_per_s: list[float] = []
-    budget = c.time_budget_s if c.time_budget_s > 0 else None
-    with progress_bar(c.progress) as bar:
-        task = bar.add_task(c.objective, total=budget or trainer.max_steps, info="") if bar else None
-        while trainer.step < trainer.max_steps:
-            if budget is not None and trainer.train_clock >= budget:
-                stop_reason = "time_budget"
-                break
+    with runs.StepLoop(trainer, max_steps=trainer.max_steps, time_budget_s=c.time_budget_s,
+                  max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective) as loop:
+        while loop.running():
             t0 = time.perf_counter()
             metrics = trainer.train_step(batch_for_step(trainer.batches, trainer.step, c.seed))
-            trainer.step += 1
-            nonfinite = metrics.pop("nonfinite", 0.0) > 0
-            trainer.nonfinite_in_row = trainer.nonfinite_in_row + 1 if nonfinite else 0
-            trainer.nonfinite_total += int(nonfinite)
+            nonfinite = loop.count_step(metrics)
             step_time = time.perf_counter() - t0
-            trainer.train_clock += step_time
-            step_seconds.append(step_time)
+            loop.add_time(step_time)
             record = {"step": trainer.step, "epoch": (trainer.step - 1) // len(trainer.batches),
                       "skipped_nonfinite": int(nonfinite), "lr": trainer.scheduler.get_last_lr()[0], **metrics,
                       "seconds_step": step_time, "train_seconds": trainer.train_clock}
             if "tokens" in metrics:
                 record["tokens_per_s"] = metrics["tokens"] / step_time
                 tokens_per_s.append(record["tokens_per_s"])
-            stopping = trainer.nonfinite_in_row >= c.max_nonfinite_steps
-            if c.eval_every and trainer.step % c.eval_every == 0 and trainer.data.eval and not stopping:
+            if c.eval_every and trainer.step % c.eval_every == 0 and trainer.data.eval and not loop.stopping:
                 e = trainer.evaluate()
                 record.update({f"heldout_{k}": e[k] for k in ("accuracy", "margin", "ranking_accuracy",
                                                                 "chosen_logps", "rejected_logps")})
-            if (c.save_every and trainer.step % c.save_every == 0) or stopping:
+            if (c.save_every and trainer.step % c.save_every == 0) or loop.stopping:
                 trainer.save(run_dir)
             run_dir.log(record)
-            if bar:
-                done = trainer.train_clock if budget else trainer.step
-                acc = f" held-out {100 * trainer.evals[-1]['accuracy']:.1f}%" if trainer.evals else ""
-                bar.update(task, completed=min(done, budget or trainer.max_steps),
-                           info=f"step {trainer.step} loss {record.get('loss', math.nan):.4f}{acc}")
-            if stopping:
-                stop_reason = "nonfinite"
+            loop.show(f"loss {record.get('loss', math.nan):.4f}")
+            if loop.stopping:
                 break
-    if stop_reason == "nonfinite":
-        mark_nonfinite_stop(run_dir, step=trainer.step, max_nonfinite_steps=c.max_nonfinite_steps,
+    if loop.stop_reason == "nonfinite":
+        runs.mark_nonfinite_stop(run_dir, step=trainer.step, max_nonfinite_steps=c.max_nonfinite_steps,
                             command=trainer.COMMAND)
         return {"status": "stopped", "step": trainer.step, "nonfinite_steps": trainer.nonfinite_total}
 
@@ -463,13 +434,13 @@ def _loop(trainer: OfflineTrainer, run_dir: RunDir) -> dict[str, Any]:
     _save_final(trainer, run_dir)
     if c.plots:
         plot_preference_run(run_dir.read_metrics(), trainer.evals, run_dir.plots)
-    summary = _summary(trainer, stop_reason, step_seconds, tokens_per_s)
-    run_dir.set_status("complete", step=trainer.step, reason=stop_reason)
+    summary = _summary(trainer, loop.stop_reason, loop.step_seconds, tokens_per_s)
+    run_dir.set_status("complete", step=trainer.step, reason=loop.stop_reason)
     _print_summary(summary, run_dir)
     return summary
 
 
-def _save_final(trainer: OfflineTrainer, run_dir: RunDir) -> None:
+def _save_final(trainer: OfflineTrainer, run_dir: runs.RunDir) -> None:
     """``final/``: a plain transformers model directory (LoRA: adapters merged; the adapters alone in
     ``final/adapter``)."""
     if trainer.config.lora_r > 0:
@@ -511,7 +482,7 @@ def _mean_padding(trainer: OfflineTrainer) -> float:
     return padding / max(total, 1)
 
 
-def _print_summary(s: dict[str, Any], run_dir: RunDir) -> None:
+def _print_summary(s: dict[str, Any], run_dir: runs.RunDir) -> None:
     print(f"trained {s['steps']} steps in {s['train_seconds']:.0f} s (median {s['median_step_seconds']:.2f} s/step, "
           f"{s['median_tokens_per_s']:.0f} tokens/s, {100 * s['padding_frac']:.1f}% padding; stopped by "
           f"{s['stop_reason']})")
@@ -530,7 +501,7 @@ def evaluate_run(run_dir: str | Path, config_cls: type[OfflineConfig], trainer_c
     own split, against its reference (from the cache, or recomputed from ``config.model``)."""
     config = config_from_yaml(config_cls, Path(run_dir) / "config.yaml")
     config = replace(config, progress=False, eval_batch_size=batch_size or config.eval_batch_size)
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint = runs.latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
     trainer = trainer_cls(config)

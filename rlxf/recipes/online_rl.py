@@ -42,6 +42,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rlxf import runs
 from rlxf.config import ConfigError, config_to_yaml, option
 from rlxf.data import DataError, arithmetic_rows, encode_prompts, load_prompts, rows_for_step
 from rlxf.distributed import LocalExecutor, OnlineStages, StepResult
@@ -55,23 +56,10 @@ from rlxf.ops import ADVANTAGE_ESTIMATORS
 from rlxf.recipes.learner import Learner, train_on
 from rlxf.recipes.stages import group_advantages, sample, score
 from rlxf.rollout import TransformersGenerator
-from rlxf.runs import (
-    ResumableRunOptions,
-    RunDir,
-    load_checkpoint,
-    mark_nonfinite_stop,
-    open_run_dir,
-    progress_bar,
-    resolve_device,
-    resolve_resume,
-    run_recording_status,
-    save_checkpoint,
-    set_threads,
-)
 
 
 @dataclass
-class Config(ResumableRunOptions):
+class Config(runs.ResumableRunOptions):
     """Online RL with a verifier, reward model or judge (``rlxf train grpo`` / ``rlxf train rloo``)."""
 
     # what to train
@@ -160,8 +148,8 @@ class Trainer:
 
     def __init__(self, config: Config):
         c = config
-        self.device = resolve_device(c.device)
-        set_threads(c.threads)
+        self.device = runs.resolve_device(c.device)
+        runs.set_threads(c.threads)
         if c.advantage not in ADVANTAGE_ESTIMATORS:
             raise ConfigError(f"unknown advantage {c.advantage!r}; one of {sorted(ADVANTAGE_ESTIMATORS)}")
         if c.ppo_epochs < 1 or c.mini_batch_groups < 0 or c.micro_batch_groups < 0:
@@ -229,15 +217,15 @@ class Trainer:
                 "train_clock": self.train_clock, "nonfinite_total": self.nonfinite_total,
                 "nonfinite_in_row": self.nonfinite_in_row, "evals": self.evals}
 
-    def save(self, run: RunDir) -> Path:
-        return save_checkpoint(
+    def save(self, run: runs.RunDir) -> Path:
+        return runs.save_checkpoint(
             run.checkpoints / f"step-{self.step:06d}", model=self.model, tokenizer=self.tokenizer,
             optimizer=self.learner.optimizer, scheduler=self.learner.scheduler, sampling_rng=self.sampling_rng,
             trainer_state=self.trainer_state(),
         )
 
     def restore(self, checkpoint: Path) -> None:
-        state = load_checkpoint(checkpoint, model=self.model, optimizer=self.learner.optimizer,
+        state = runs.load_checkpoint(checkpoint, model=self.model, optimizer=self.learner.optimizer,
                                 scheduler=self.learner.scheduler, sampling_rng=self.sampling_rng)
         self.step = state["step"]
         self.train_clock = state["train_clock"]
@@ -248,63 +236,47 @@ class Trainer:
 
 def run(config: Config) -> dict[str, Any]:
     """Train; returns a summary dict (also written to ``<run>/summary.json``)."""
-    config = resolve_resume(config, extendable=("max_steps", "time_budget_s", "progress", "plots"))
+    config = runs.resolve_resume(config, extendable=("max_steps", "time_budget_s", "progress", "plots"))
     trainer = Trainer(config)  # validates data, loads the model: nothing on disk yet
     c = trainer.config
     name = f"{c.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = open_run_dir(trainer, config_to_yaml(c, recipe="online_rl"), default_name=name)
+    run_dir = runs.open_run_dir(trainer, config_to_yaml(c, recipe="online_rl"), default_name=name)
     print(f"run directory: {run_dir.path}")
-    return run_recording_status(run_dir, lambda: _loop(trainer, run_dir), step=lambda: trainer.step)
+    return runs.run_recording_status(run_dir, lambda: _loop(trainer, run_dir), step=lambda: trainer.step)
 
 
-def _loop(trainer: Trainer, run_dir: RunDir) -> dict[str, Any]:
+def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
     c = trainer.config
     executor = LocalExecutor()
     if not trainer.evals and trainer.eval_rows:
         before = trainer.evaluate()
         print(f"held-out accuracy before training: {format_accuracy(trainer.evals[-1])}  ({before['seconds']:.1f} s)")
-    stop_reason = "max_steps"
-    step_seconds: list[float] = []
-    budget = c.time_budget_s if c.time_budget_s > 0 else None
-    with progress_bar(c.progress) as bar:
-        task = bar.add_task(c.objective, total=budget or c.max_steps, info="") if bar else None
-        while trainer.step < c.max_steps:
-            if budget is not None and trainer.train_clock >= budget:
-                stop_reason = "time_budget"
-                break
+    with runs.StepLoop(trainer, max_steps=c.max_steps, time_budget_s=c.time_budget_s,
+                  max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective) as loop:
+        while loop.running():
             t0 = time.perf_counter()
             rows = rows_for_step(trainer.train_rows, trainer.step, c.prompts_per_step, c.seed)
             result = executor.step(trainer.stages, rows, version=trainer.step + 1)
-            trainer.step += 1
-            nonfinite = result.metrics.pop("nonfinite", 0.0) > 0
-            trainer.nonfinite_in_row = trainer.nonfinite_in_row + 1 if nonfinite else 0
-            trainer.nonfinite_total += int(nonfinite)
+            nonfinite = loop.count_step(result.metrics)
             record = _step_record(trainer, result, nonfinite)
             if trainer.learner.reference is not None and trainer.learner.kl_coef == 0 and c.ref_kl_every \
                     and trainer.step % c.ref_kl_every == 0:
                 record["kl"] = trainer.learner.reference_kl(result.rollout)
-            stopping = trainer.nonfinite_in_row >= c.max_nonfinite_steps
-            if (c.save_every and trainer.step % c.save_every == 0) or stopping:
+            if (c.save_every and trainer.step % c.save_every == 0) or loop.stopping:
                 trainer.save(run_dir)
             step_time = time.perf_counter() - t0
-            trainer.train_clock += step_time
-            step_seconds.append(step_time)
+            loop.add_time(step_time)
             record["seconds_step"] = step_time
             record["train_seconds"] = trainer.train_clock
             if c.eval_every and trainer.step % c.eval_every == 0 and trainer.eval_rows:
                 trainer.evaluate()
                 record["heldout_accuracy"] = trainer.evals[-1]["accuracy"]
             run_dir.log(record)
-            if bar:
-                done = trainer.train_clock if budget else trainer.step
-                acc = f" held-out {100 * trainer.evals[-1]['accuracy']:.1f}%" if trainer.evals else ""
-                bar.update(task, completed=min(done, budget or c.max_steps),
-                           info=f"step {trainer.step} reward {record['reward_mean']:.3f}{acc}")
-            if stopping:
-                stop_reason = "nonfinite"
+            loop.show(f"reward {record['reward_mean']:.3f}")
+            if loop.stopping:
                 break
-    if stop_reason == "nonfinite":
-        mark_nonfinite_stop(run_dir, step=trainer.step, max_nonfinite_steps=c.max_nonfinite_steps, command="grpo")
+    if loop.stop_reason == "nonfinite":
+        runs.mark_nonfinite_stop(run_dir, step=trainer.step, max_nonfinite_steps=c.max_nonfinite_steps, command="grpo")
         return {"status": "stopped", "step": trainer.step}
 
     trainer.save(run_dir)
@@ -313,8 +285,8 @@ def _loop(trainer: Trainer, run_dir: RunDir) -> dict[str, Any]:
         trainer.evaluate()
     if c.plots:
         plot_run(run_dir.read_metrics(), trainer.evals, run_dir.plots)
-    summary = _summary(trainer, stop_reason, step_seconds)
-    run_dir.set_status("complete", step=trainer.step, reason=stop_reason)
+    summary = _summary(trainer, loop.stop_reason, loop.step_seconds)
+    run_dir.set_status("complete", step=trainer.step, reason=loop.stop_reason)
     _print_summary(summary, run_dir)
     return summary
 
@@ -363,7 +335,7 @@ def _summary(trainer: Trainer, stop_reason: str, step_seconds: list[float]) -> d
     }
 
 
-def _print_summary(s: dict[str, Any], run_dir: RunDir) -> None:
+def _print_summary(s: dict[str, Any], run_dir: runs.RunDir) -> None:
     print(f"trained {s['steps']} steps in {s['train_seconds']:.0f} s (median {s['median_step_seconds']:.2f} s/step; "
           f"stopped by {s['stop_reason']})")
     if s["accuracy_before"]:

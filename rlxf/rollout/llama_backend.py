@@ -245,16 +245,9 @@ class FastLlamaGenerator:
         return run(prompts, shared, width, caches), caches, attn
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompt_ids: list[list[int]],
-        *,
-        n: int = 1,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        greedy: bool = False,
-        rng: torch.Generator | None = None,
-    ) -> Rollout:
+    def generate(self, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: int = 32, temperature: float = 1.0,
+                 greedy: bool = False, rng: torch.Generator | None = None) -> Rollout:
+        """The ``Generator`` contract (`rlxf.rollout.base`)."""
         check_generate_args(prompt_ids, n=n, greedy=greedy, temperature=temperature)
         embed, final_norm = self.model.model.embed_tokens.weight.detach(), self.model.model.norm.weight.detach()
         device, dtype = embed.device, embed.dtype

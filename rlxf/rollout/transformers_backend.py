@@ -54,16 +54,9 @@ class TransformersGenerator:
             return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompt_ids: list[list[int]],
-        *,
-        n: int = 1,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        greedy: bool = False,
-        rng: torch.Generator | None = None,
-    ) -> Rollout:
+    def generate(self, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: int = 32, temperature: float = 1.0,
+                 greedy: bool = False, rng: torch.Generator | None = None) -> Rollout:
+        """The ``Generator`` contract (`rlxf.rollout.base`)."""
         check_generate_args(prompt_ids, n=n, greedy=greedy, temperature=temperature)
         model = self.model
         device = next(model.parameters()).device
