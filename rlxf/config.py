@@ -233,10 +233,9 @@ def _to_float(value: Any, tp: Any, text: str | None) -> float:
 
 def _to_int(value: Any, tp: Any, text: str | None) -> int:
     if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            value = _to_float(value, float, text)  # "1e3" and "4.0" are integral
+        digits = value.strip()[1:] if value.strip()[:1] in ("+", "-") else value.strip()
+        # "12" as an int; "1e3" and "4.0" through float, where integral values pass below
+        value = int(value.strip()) if digits.isdecimal() else _to_float(value, float, text)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool):

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from rlxf.data.batching import held_out_indices
-from rlxf.data.prompts import DataError, _json_type, _messages_problems, _summary, read_jsonl
+from rlxf.data.prompts import DataError, _json_type, _messages_problems, _summary, read_rows
 from rlxf.types import TokenizedPair, TokenizedUnpaired
 
 __all__ = [
@@ -131,27 +131,19 @@ def load_preferences(
     if isinstance(path, str) and path in VENDORED:
         path = default_preference_data(path)
     path_str = str(path)
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path_str}: no such file")
     if format is not None and format not in FORMATS:
         raise DataError(f"unknown preference format {format!r}; expected one of {FORMATS}")
-    rows: list[Any] = []
-    problems: list[str] = []
     detected = format
-    for where, obj in read_jsonl(path, problems, name=path_str):
+
+    def parse(obj: Any, where: str):
+        nonlocal detected  # the file's first object decides its format; every row is checked against it
         if not isinstance(obj, dict):
-            problems.append(f"{where}: expected a JSON object, got {_json_type(obj)}")
-            continue
+            return None, [f"expected a JSON object, got {_json_type(obj)}"]
         if detected is None:
             detected = detect_format(obj)
-        row, row_problems = _PARSERS[detected](obj, where)
-        if row_problems:
-            problems.append(f"{where}: {'; '.join(row_problems)}")
-        else:
-            rows.append(row)
-    if not rows and not problems:
-        problems.append(f"{path_str}:1: no rows (the file is empty or blank)")
+        return _PARSERS[detected](obj, where)
+
+    rows, problems = read_rows(path, parse)
     if problems and (strict or not rows):
         raise DataError(_summary(path_str, problems), problems)
     return PreferenceData(rows=rows, format=detected or "text", path=path_str, problems=problems)

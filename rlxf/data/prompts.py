@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
-__all__ = ["DataError", "load_prompts", "render_prompt"]
+__all__ = ["DataError", "load_prompts", "read_jsonl", "read_rows", "render_prompt"]
 
 MAX_LISTED = 20  # problems spelled out in a DataError's message; `DataError.problems` keeps them all
 
@@ -49,25 +49,32 @@ def load_prompts(
     message). strict=False: returns (good rows, problems), problems as "file:line: what is wrong".
     A missing file raises DataError even when strict=False; a file without rows is a problem like a bad row.
     """
-    path_str = str(path)
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path_str}: no such file")
-    rows: list[dict[str, Any]] = []
+    rows, problems = read_rows(path, lambda row, where: (row, _row_problems(row, require)))
+    if not strict:
+        return rows, problems
+    if problems:
+        raise DataError(_summary(str(path), problems), problems)
+    return rows
+
+
+def read_rows(path: str | Path, parse: Callable[[Any, str], tuple[Any, list[str]]]) -> tuple[list, list[str]]:
+    """Every row of a JSONL file through ``parse(value, "file:line") -> (row, problems)``: the rows parsed without
+    problems, and every problem as ``file:line: what is wrong`` (a line that is not JSON is one; so is a file
+    without rows). A missing file raises DataError."""
+    name = str(path)
+    if not Path(path).is_file():
+        raise DataError(f"{name}: no such file")
+    rows: list[Any] = []
     problems: list[str] = []
-    for where, row in read_jsonl(path, problems, name=path_str):
-        row_problems = _row_problems(row, require)
+    for where, value in read_jsonl(Path(path), problems, name=name):
+        row, row_problems = parse(value, where)
         if row_problems:
             problems.append(f"{where}: {'; '.join(row_problems)}")
         else:
             rows.append(row)
     if not rows and not problems:
-        problems.append(f"{path_str}:1: no rows (the file is empty or blank)")
-    if not strict:
-        return rows, problems
-    if problems:
-        raise DataError(_summary(path_str, problems), problems)
-    return rows
+        problems.append(f"{name}:1: no rows (the file is empty or blank)")
+    return rows, problems
 
 
 def read_jsonl(path: Path, problems: list[str], *, name: str | None = None) -> Iterator[tuple[str, Any]]:

@@ -392,20 +392,12 @@ class PairwiseJudge(_Judge):
         self,
         model: str | JudgeLM = "smollm2",
         *,
-        template: str = "pairwise",
-        rubric: str = DEFAULT_RUBRIC,
-        choices: Sequence[str] = ("A", "B"),
-        mode: Mode = "logprobs",
-        answer_prefix: str = "",
-        max_new_tokens: int = 8,
-        max_field_tokens: int = 512,
-        batch_size: int = 4,
-        chat_template: bool = True,
+        template: str = "pairwise", rubric: str = DEFAULT_RUBRIC, choices: Sequence[str] = ("A", "B"),
+        mode: Mode = "logprobs", answer_prefix: str = "", max_new_tokens: int = 8, max_field_tokens: int = 512,
+        batch_size: int = 4, chat_template: bool = True,
     ):
-        super().__init__(
-            model, template=template, mode=mode, max_new_tokens=max_new_tokens, max_field_tokens=max_field_tokens,
-            batch_size=batch_size, chat_template=chat_template,
-        )
+        super().__init__(model, template=template, mode=mode, max_new_tokens=max_new_tokens,
+                         max_field_tokens=max_field_tokens, batch_size=batch_size, chat_template=chat_template)
         if len(choices) != 2 or choices[0] == choices[1]:
             raise ValueError(f"{self.name}: choices must be two distinct strings (first, second), got {choices}")
         self.choices = list(choices)

@@ -92,17 +92,9 @@ def completion_logprobs(
     )
 
 
-def completion_logprobs_padded(
-    model,
-    prompt_ids: list[list[int]],
-    completion_ids: torch.Tensor,
-    *,
-    n: int,
-    pad_token_id: int,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    chunk_size: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def completion_logprobs_padded(model, prompt_ids: list[list[int]], completion_ids: torch.Tensor, *, n: int,
+                               pad_token_id: int, temperature: float = 1.0, with_entropy: bool = False,
+                               chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reference path: one forward over every ``[left-padded prompt | completion]`` row (same contract)."""
     hidden, weight = _completion_hidden(model, [p for p in prompt_ids for _ in range(n)], completion_ids,
                                         pad_token_id=pad_token_id)

@@ -32,6 +32,7 @@ from rlxf.models.precision import autocast_context
 from rlxf.objectives import get_objective
 from rlxf.objectives.signature import call_loss, loss_signature, resolve_hyperparameters
 from rlxf.ops import aggregate, aggregate_denominator, kl_k3, masked_mean
+from rlxf.runs import build_optimizer, clip_gradients
 from rlxf.types import Rollout
 
 __all__ = ["Learner", "train_on"]
@@ -76,12 +77,7 @@ class Learner:
             reference, _ = load_policy(config.model, device=next(model.parameters()).device, seed=config.seed)
             reference.eval().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
-                                      weight_decay=config.weight_decay,
-                                      fused=True)  # one kernel over all parameters: 4x faster than foreach on CPU
-        warmup = config.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+        optimizer, scheduler = build_optimizer(params, config)
         return cls(model, reference, objective, hyperparameters,
                    config.aggregation or objective.default_aggregation, precision, pad_token_id, optimizer, scheduler,
                    params, config)
@@ -158,7 +154,7 @@ def train_on(learner: Learner, rollout: Rollout, advantages: Tensor, *, step: in
                 return {**out, "nonfinite": 1.0, "loss": float("nan")}
             if not active:
                 continue
-            grad_norm = torch.nn.utils.clip_grad_norm_(learner.params, c.max_grad_norm)
+            grad_norm = clip_gradients(learner.params, c.max_grad_norm)
             grad_norms.append(float(grad_norm))
             losses.append(loss)
             if not torch.isfinite(grad_norm):

@@ -47,8 +47,8 @@ from rlxf import runs
 from rlxf.config import ConfigError, config_from_yaml, config_to_yaml, option
 from rlxf.data import DataError, batch_for_step, make_batches, padding_slots
 from rlxf.data.preferences import data_fingerprint, load_preference_split
+from rlxf.eval.plots import plot_preference_run
 from rlxf.eval.preference import evaluate_preferences, format_preference_eval
-from rlxf.eval.preference_plots import plot_preference_run
 from rlxf.models import load_policy, save_policy
 from rlxf.models.logps import uses_packed_forward
 from rlxf.models.lora import LoraWeights, add_lora
@@ -61,7 +61,7 @@ CACHE_VERSION = 3
 
 
 @dataclass
-class OfflineConfig(runs.ResumableRunOptions):
+class OfflineConfig(runs.ResumableRunOptions, runs.OptimizerOptions):
     """Offline preference optimisation on a fixed data set (the fields every offline recipe shares)."""
 
     # what to train
@@ -89,9 +89,6 @@ class OfflineConfig(runs.ResumableRunOptions):
     epochs: int = option(1, "Passes over the training rows (used when max_steps = 0).")
     max_steps: int = option(0, "Stop after this many optimizer steps (0 = epochs x batches per epoch).")
     lr: float = option(5e-6, "Learning rate (AdamW; constant after warmup).")
-    warmup_steps: int = option(0, "Linear warmup steps.")
-    weight_decay: float = option(0.0, "AdamW weight decay.")
-    max_grad_norm: float = option(1.0, "Gradient norm clip.")
     precision: Literal["auto", "bf16", "fp32"] = option(
         "auto", "Forward/backward (and reference) precision: bf16 autocast or fp32; auto = bf16 where faster."
     )
@@ -171,11 +168,7 @@ class OfflineTrainer(ABC):
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, betas=(0.9, 0.999), eps=1e-8,
-                                           weight_decay=c.weight_decay, fused=True)
-        warmup = c.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+        self.optimizer, self.scheduler = runs.build_optimizer(self.params, c)
         self.rng = torch.Generator().manual_seed(c.seed)  # checkpointed; dropout draws from the global RNG
         self.step = 0
         self.train_clock = 0.0
@@ -294,7 +287,7 @@ class OfflineTrainer(ABC):
         metrics = self.accumulate(batch)
         if metrics.get("nonfinite"):
             return metrics
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        grad_norm = runs.clip_gradients(self.params, self.config.max_grad_norm)
         metrics["grad_norm"] = float(grad_norm)
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)

@@ -59,7 +59,7 @@ from rlxf.rollout import TransformersGenerator
 
 
 @dataclass
-class Config(runs.ResumableRunOptions):
+class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
     """Online RL with a verifier, reward model or judge (``rlxf train grpo`` / ``rlxf train rloo``)."""
 
     # what to train
@@ -100,10 +100,6 @@ class Config(runs.ResumableRunOptions):
     max_new_tokens: int = option(32, "Longest completion during training.")
     temperature: float = option(1.0, "Sampling temperature during training.")
     # optimisation
-    lr: float = option(1e-5, "Learning rate (AdamW; constant after warmup).")
-    warmup_steps: int = option(0, "Linear warmup steps (counted in optimizer updates).")
-    weight_decay: float = option(0.0, "AdamW weight decay.")
-    max_grad_norm: float = option(1.0, "Gradient norm clip.")
     micro_batch_groups: int = option(0, "Prompt groups per forward/backward (0 = all at once); exact accumulation.")
     precision: Literal["auto", "bf16", "fp32"] = option(
         "auto", "Training forward/backward: bf16 autocast or fp32; auto = bf16 where it is faster (CUDA, AMX CPUs)."

@@ -42,13 +42,13 @@ from rlxf.eval.plots import plot_reward_model_run
 from rlxf.eval.stats import wilson_interval
 from rlxf.models.reward import RewardModel, cached_features, member_summary
 from rlxf.objectives import get_objective, reward_centering_penalty
-from rlxf.runs import RunDir, RunOptions, resolve_device, set_threads
+from rlxf.runs import OptimizerOptions, RunDir, RunOptions, build_optimizer, clip_gradients, resolve_device, set_threads
 
 LOSSES = ("bradley_terry", "soft_bt", "quantile_bt")
 
 
 @dataclass
-class Config(RunOptions):
+class Config(RunOptions, OptimizerOptions):
     """Train a reward model (``rlxf train reward-model``)."""
 
     # model
@@ -77,9 +77,8 @@ class Config(RunOptions):
     # optimisation
     epochs: int = option(20, "Passes over the training pairs.")
     batch_size: int = option(64, "Pairs per optimizer step (per member).")
-    lr: float = option(1e-3, "AdamW learning rate.")
+    lr: float = option(1e-3, "AdamW learning rate (constant after warmup).")
     weight_decay: float = option(0.01, "AdamW weight decay.")
-    max_grad_norm: float = option(1.0, "Gradient norm clip (0: none).")
     feature_cache: bool = option(True, "Frozen mode: cache backbone features on disk (keyed by weights + texts).")
     feature_batch_size: int = option(32, "Texts per backbone forward when computing features.")
     seed: int = option(0, "Seed of the head initialisation (member m uses seed + m) and data orders.")
@@ -273,23 +272,14 @@ def _features(model, texts: list[str], config: Config, what: str) -> torch.Tenso
     return features
 
 
-def _optimizer(params, config: Config):
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _clip(params, config: Config) -> float:
-    if config.max_grad_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-    return float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
-
-
-def _guarded_step(loss: torch.Tensor, params, optimizer, config: Config) -> None:
+def _guarded_step(loss: torch.Tensor, params, optimizer, scheduler, config: Config) -> None:
     """Backward, clip, and step only when the loss and the gradient norm are finite."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = _clip(params, config)
+    grad_norm = float(clip_gradients(params, config.max_grad_norm))
     if math.isfinite(float(loss.detach())) and math.isfinite(grad_norm):
         optimizer.step()
+        scheduler.step()
 
 
 def train_frozen(model, train: Pairs, heldout: Pairs, config: Config, loss_fn: PairLoss, log) -> dict[str, Any]:
@@ -314,7 +304,7 @@ def train_frozen(model, train: Pairs, heldout: Pairs, config: Config, loss_fn: P
 def _train_heads(model, fw, fl, hw, hl, config: Config, loss_fn: PairLoss, log) -> dict[str, Any]:
     device = model.head.weight.device
     params = list(model.head.parameters())
-    optimizer = _optimizer(params, config)
+    optimizer, scheduler = build_optimizer(params, config, fused=False)
     members, n, step = config.ensemble_size, fw.shape[0], 0
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
@@ -324,7 +314,7 @@ def _train_heads(model, fw, fl, hw, hl, config: Config, loss_fn: PairLoss, log) 
             idx = orders[:, start:start + config.batch_size]  # (M, b)
             qw, ql = model.head.forward_members(fw[idx]), model.head.forward_members(fl[idx])
             loss, metrics = loss_fn(qw, ql, idx)
-            _guarded_step(loss, params, optimizer, config)
+            _guarded_step(loss, params, optimizer, scheduler, config)
             losses.append(float(loss.detach()) / members)
             step += 1
         with torch.no_grad():
@@ -343,7 +333,7 @@ def train_full(model, train: Pairs, heldout: Pairs, config: Config, loss_fn: Pai
     featurizer = model.featurizer
     featurizer.model.requires_grad_(True).train()
     params = list(featurizer.parameters()) + list(model.head.parameters())
-    optimizer = _optimizer(params, config)
+    optimizer, scheduler = build_optimizer(params, config, fused=False)
     members, n, step = config.ensemble_size, len(train), 0
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
@@ -355,7 +345,7 @@ def train_full(model, train: Pairs, heldout: Pairs, config: Config, loss_fn: Pai
             q = model.quantiles_of(texts).transpose(0, 1)  # (M, 2b, K)
             b = len(idx)
             loss, _ = loss_fn(q[:, :b], q[:, b:], idx.expand(members, b))
-            _guarded_step(loss, params, optimizer, config)
+            _guarded_step(loss, params, optimizer, scheduler, config)
             losses.append(float(loss.detach()) / members)
             step += 1
         featurizer.model.eval()

@@ -9,7 +9,7 @@ module that trains, as in a single process, sees every update already and copies
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import torch
@@ -106,6 +106,7 @@ class TokenSampler:
                  temperature: float, rng: torch.Generator | None, device: torch.device):
         self.eos, self.pad, self.greedy, self.temperature, self.rng = eos.to(device), pad_token_id, greedy, \
             temperature, rng
+        self.max_new_tokens = max_new_tokens
         self.tokens = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
         self.logps = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device)
         self.alive = torch.ones(rows, dtype=torch.bool, device=device)
@@ -126,6 +127,15 @@ class TokenSampler:
         self.finished |= is_eos
         self.alive &= ~is_eos
         return token
+
+    def decode(self, logits: Tensor, next_logits: Callable[[Tensor, int], Tensor]) -> None:
+        """The decoding loop: draw from ``logits``, then, while a row is alive and tokens remain, get the next
+        position's logits from the backend, ``next_logits(token (rows,), t)``, for the token drawn at step ``t``."""
+        for t in range(self.max_new_tokens):
+            token = self.draw(logits, t)
+            if not self.alive.any() or t == self.max_new_tokens - 1:
+                return
+            logits = next_logits(token, t)
 
     def rollout(self, prompt_ids: list[list[int]], n: int) -> Rollout:
         """The sampled completions so far, trimmed to the longest, on the CPU."""

@@ -273,12 +273,11 @@ class FastLlamaGenerator:
         live = torch.arange(rows, device=device)  # rows still in the batch (caches, key_bias, next_pos follow it)
         sampler = TokenSampler(rows, max_new_tokens, eos=self.eos_token_ids, pad_token_id=self.pad_token_id,
                                greedy=greedy, temperature=temperature, rng=rng, device=device)
-        for t in range(max_new_tokens):
+
+        def next_logits(token: Tensor, t: int) -> Tensor:
             # Every row is drawn, finished ones too (their logits are stale), so that the draws consume the
             # generator exactly as TransformersGenerator does.
-            token = sampler.draw(logits, t)
-            if not sampler.alive.any() or t == max_new_tokens - 1:
-                break
+            nonlocal live, next_pos, key_bias, caches, logits
             keep = sampler.alive[live]
             if 4 * int(keep.sum()) <= 3 * len(live):
                 # A quarter of the batch has finished: drop those rows (a copy of the live caches, about
@@ -296,6 +295,9 @@ class FastLlamaGenerator:
                 logits = logits_of(hidden)
             else:
                 logits[live] = logits_of(hidden)
+            return logits
+
+        sampler.decode(logits, next_logits)
         return sampler.rollout(prompt_ids, n)
 
 

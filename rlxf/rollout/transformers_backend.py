@@ -75,12 +75,13 @@ class TransformersGenerator:
         next_pos = attn.sum(dim=1, keepdim=True)  # position id of the first generated token
         sampler = TokenSampler(rows, max_new_tokens, eos=self.eos_token_ids, pad_token_id=self.pad_token_id,
                                greedy=greedy, temperature=temperature, rng=rng, device=device)
-        for t in range(max_new_tokens):
-            token = sampler.draw(logits, t)
-            if not sampler.alive.any() or t == max_new_tokens - 1:
-                break
+
+        def next_logits(token: Tensor, t: int) -> Tensor:
+            nonlocal attn
             attn = torch.cat([attn, torch.ones((rows, 1), dtype=torch.bool, device=device)], dim=1)
-            logits = self._forward(input_ids=token[:, None], attention_mask=attn.long(), position_ids=next_pos + t,
-                                   past_key_values=cache)
+            return self._forward(input_ids=token[:, None], attention_mask=attn.long(), position_ids=next_pos + t,
+                                 past_key_values=cache)
+
+        sampler.decode(logits, next_logits)
         model.train(was_training)
         return sampler.rollout(prompt_ids, n)
