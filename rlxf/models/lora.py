@@ -8,7 +8,9 @@ from pathlib import Path
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save_file
 
-__all__ = ["LoraWeights", "adapters_off", "add_lora"]
+from rlxf.models.loading import save_policy
+
+__all__ = ["LoraWeights", "adapters_off", "add_lora", "save_policy_or_merged"]
 
 
 def add_lora(model, *, r: int, alpha: float, dropout: float, targets: Sequence[str]):
@@ -44,3 +46,12 @@ class LoraWeights:
     def load_state_dict(self, weights, strict: bool = False):
         result = set_peft_model_state_dict(self.peft_model, weights)
         return [], list(getattr(result, "unexpected_keys", []))
+
+
+def save_policy_or_merged(model, tokenizer, path: str | Path) -> None:
+    """``path`` as a plain transformers model directory: a LoRA model with its adapters merged into the weights
+    (and the adapters alone in ``path/adapter``), any other model as it is."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(Path(path) / "adapter"))
+        model = model.merge_and_unload()
+    save_policy(model, tokenizer, path)

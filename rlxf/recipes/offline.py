@@ -44,14 +44,14 @@ import numpy as np
 import torch
 
 from rlxf import runs
-from rlxf.config import ConfigError, config_from_yaml, config_to_yaml, option
+from rlxf.config import ConfigError, config_to_yaml, option
 from rlxf.data import DataError, batch_for_step, make_batches, padding_slots
 from rlxf.data.preferences import data_fingerprint, load_preference_split
 from rlxf.eval.plots import plot_preference_run
 from rlxf.eval.preference import evaluate_preferences, format_preference_eval
-from rlxf.models import load_policy, save_policy
+from rlxf.models import load_policy
 from rlxf.models.logps import uses_packed_forward
-from rlxf.models.lora import LoraWeights, add_lora
+from rlxf.models.lora import LoraWeights, add_lora, save_policy_or_merged
 from rlxf.models.precision import resolve_precision
 from rlxf.models.reference import cached_reference_logps, model_fingerprint
 from rlxf.objectives import get_objective
@@ -424,23 +424,13 @@ def _loop(trainer: OfflineTrainer, run_dir: runs.RunDir) -> dict[str, Any]:
     if trainer.data.eval and (not trainer.evals or trainer.evals[-1]["step"] != trainer.step):
         trainer.evaluate()
     trainer.save(run_dir)
-    _save_final(trainer, run_dir)
+    save_policy_or_merged(trainer.model, trainer.tokenizer, run_dir.final)
     if c.plots:
         plot_preference_run(run_dir.read_metrics(), trainer.evals, run_dir.plots)
     summary = _summary(trainer, loop.stop_reason, loop.step_seconds, tokens_per_s)
     run_dir.set_status("complete", step=trainer.step, reason=loop.stop_reason)
     _print_summary(summary, run_dir)
     return summary
-
-
-def _save_final(trainer: OfflineTrainer, run_dir: runs.RunDir) -> None:
-    """``final/``: a plain transformers model directory (LoRA: adapters merged; the adapters alone in
-    ``final/adapter``)."""
-    if trainer.config.lora_r > 0:
-        trainer.model.save_pretrained(str(run_dir.final / "adapter"))
-        save_policy(trainer.model.merge_and_unload(), trainer.tokenizer, run_dir.final)
-    else:
-        save_policy(trainer.model, trainer.tokenizer, run_dir.final)
 
 
 def _summary(trainer: OfflineTrainer, stop_reason: str, step_seconds: list[float], tokens_per_s: list[float]):
@@ -486,21 +476,3 @@ def _print_summary(s: dict[str, Any], run_dir: runs.RunDir) -> None:
         print("warning: likelihood displacement: held-out chosen and rejected log-probs both fell during training",
               file=sys.stderr)
     print(f"wrote {run_dir.path}/: config.yaml metrics.jsonl eval_rows.json plots/ checkpoints/ final/ summary.json")
-
-
-def evaluate_run(run_dir: str | Path, config_cls: type[OfflineConfig], trainer_cls: type[OfflineTrainer], *,
-                 batch_size: int | None = None) -> dict[str, Any]:
-    """Held-out preference metrics of a run's latest checkpoint (the final weights of a finished run) on its
-    own split, against its reference (from the cache, or recomputed from ``config.model``)."""
-    config = config_from_yaml(config_cls, Path(run_dir) / "config.yaml")
-    config = replace(config, progress=False, eval_batch_size=batch_size or config.eval_batch_size)
-    checkpoint = runs.latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
-    trainer = trainer_cls(config)
-    if not trainer.data.eval:
-        raise ValueError(f"{run_dir}: the run has no held-out pairs")
-    trainer.restore(checkpoint)
-    trainer.evals = []
-    report = trainer.evaluate()
-    return {**report, "run": str(run_dir), "checkpoint": str(checkpoint)}

@@ -4,16 +4,17 @@ recipes build a run (its split, its reference), which is why it lives with them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from rlxf.config import option
+from rlxf.config import config_from_yaml, option
 from rlxf.eval.preference import evaluate_models, format_preference_eval
 from rlxf.recipes import group_robust_dpo, kto, preference
-from rlxf.recipes.offline import evaluate_run
+from rlxf.recipes.offline import OfflineConfig, OfflineTrainer
+from rlxf.runs import latest_checkpoint
 
 # The offline recipes by the name their runs record in config.yaml (`recipe:`).
 RUN_KINDS = {
@@ -21,6 +22,24 @@ RUN_KINDS = {
     "kto": (kto.Config, kto.UnpairedTrainer),
     "group-robust-dpo": (group_robust_dpo.Config, group_robust_dpo.GroupRobustTrainer),
 }
+
+
+def evaluate_run(run_dir: str | Path, config_cls: type[OfflineConfig], trainer_cls: type[OfflineTrainer], *,
+                 batch_size: int | None = None) -> dict[str, Any]:
+    """Held-out preference metrics of a run's latest checkpoint (the final weights of a finished run) on its
+    own split, against its reference (from the cache, or recomputed from ``config.model``)."""
+    config = config_from_yaml(config_cls, Path(run_dir) / "config.yaml")
+    config = replace(config, progress=False, eval_batch_size=batch_size or config.eval_batch_size)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
+    trainer = trainer_cls(config)
+    if not trainer.data.eval:
+        raise ValueError(f"{run_dir}: the run has no held-out pairs")
+    trainer.restore(checkpoint)
+    trainer.evals = []
+    report = trainer.evaluate()
+    return {**report, "run": str(run_dir), "checkpoint": str(checkpoint)}
 
 
 @dataclass

@@ -246,8 +246,10 @@ def _test_feedback():
 
 
 def test_nonfinite_rewards_are_recorded_not_trained_on(copy_task, tmp_path):
-    summary = run(_config(copy_task, tmp_path, "nan", feedback="test-online-rl-nan-rewards", max_steps=2))
+    summary = run(_config(copy_task, tmp_path, "nan", feedback="test-online-rl-nan-rewards", max_steps=2,
+                          plots=False))
     assert summary["status"] == "complete" and summary["nonfinite_steps"] == 0
+    assert not (tmp_path / "nan" / "plots").exists()  # plots=false writes none
     for r in _metrics(tmp_path / "nan"):
         assert r["feedback_nonfinite"] == 16 and r["trained_groups"] == 0 and r["skipped_nonfinite"] == 0
         assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
