@@ -79,7 +79,8 @@ def resolve_hyperparameters(fn: Callable, given: Mapping[str, Any]) -> dict[str,
             close = difflib.get_close_matches(key, list(sig.hyperparameters), n=1)
             hint = f"; did you mean 'loss.{close[0]}'?" if close else ""
             raise ConfigError(f"objective {sig.name!r} takes no hyperparameter {key!r} (it takes: {takes}); "
-                              f"remove loss.{key}={value}{hint}")
+                              f"remove loss.{key}={value} (if a preset sets it, loss={{...}} replaces the whole "
+                              f"group){hint}")
     resolved = {}
     for key, (hint, default) in sig.hyperparameters.items():
         if key not in given:
