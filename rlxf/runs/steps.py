@@ -1,0 +1,90 @@
+"""The bookkeeping every training loop shares around its steps: the budget (steps and training seconds), the run
+of non-finite steps that stops a run, and the progress bar.
+
+A loop keeps its own order of work within a step; :class:`StepLoop` only counts::
+
+    with StepLoop(trainer, max_steps=..., time_budget_s=..., max_nonfinite_steps=..., progress=..., label=...) as loop:
+        while loop.running():                   # False at max_steps, or once the training clock passed the budget
+            metrics = ... one step ...
+            nonfinite = loop.count_step(metrics)   # advances trainer.step and the non-finite counters
+            loop.add_time(seconds)
+            ... log, evaluate, checkpoint (always when loop.stopping) ...
+            loop.show(f"loss {loss:.4f}")
+            if loop.stopping:                   # max_nonfinite_steps in a row: stop_reason is "nonfinite"
+                break
+
+The trainer holds the counters (``step``, ``train_clock``, ``nonfinite_in_row``, ``nonfinite_total``, ``evals``)
+because they are checkpointed with it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from rlxf.runs.run_dir import progress_bar
+
+__all__ = ["StepLoop"]
+
+
+class StepLoop:
+    """Counts the steps of ``trainer``'s loop against its budget; ``stop_reason`` says why it ended."""
+
+    def __init__(self, trainer: Any, *, max_steps: int, time_budget_s: float, max_nonfinite_steps: int,
+                 progress: bool, label: str):
+        self.trainer = trainer
+        self.max_steps = max_steps
+        self.budget = time_budget_s if time_budget_s > 0 else None
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.stop_reason = "max_steps"
+        self.step_seconds: list[float] = []
+        self._bar_context = progress_bar(progress)
+        self._label = label
+
+    def __enter__(self) -> StepLoop:
+        self.bar = self._bar_context.__enter__()
+        total = self.budget or self.max_steps
+        self.task = self.bar.add_task(self._label, total=total, info="") if self.bar else None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar_context.__exit__(*exc)
+
+    def running(self) -> bool:
+        """Whether to run another step."""
+        if self.trainer.step >= self.max_steps:
+            return False
+        if self.budget is not None and self.trainer.train_clock >= self.budget:
+            self.stop_reason = "time_budget"
+            return False
+        return True
+
+    def count_step(self, metrics: dict[str, float]) -> bool:
+        """One step done: pops ``metrics["nonfinite"]`` and updates the trainer's counters; whether it was
+        non-finite (skipped)."""
+        t = self.trainer
+        t.step += 1
+        nonfinite = metrics.pop("nonfinite", 0.0) > 0
+        t.nonfinite_in_row = t.nonfinite_in_row + 1 if nonfinite else 0
+        t.nonfinite_total += int(nonfinite)
+        if self.stopping:
+            self.stop_reason = "nonfinite"
+        return nonfinite
+
+    @property
+    def stopping(self) -> bool:
+        """``max_nonfinite_steps`` steps in a row were non-finite: the run stops (with a checkpoint)."""
+        return self.trainer.nonfinite_in_row >= self.max_nonfinite_steps
+
+    def add_time(self, seconds: float) -> None:
+        self.trainer.train_clock += seconds
+        self.step_seconds.append(seconds)
+
+    def show(self, text: str) -> None:
+        """Advance the bar (by training seconds under a budget, else by steps) with ``text`` and the latest held-out
+        accuracy."""
+        if not self.bar:
+            return
+        t = self.trainer
+        done = t.train_clock if self.budget else t.step
+        accuracy = f" held-out {100 * t.evals[-1]['accuracy']:.1f}%" if t.evals else ""
+        self.bar.update(self.task, completed=min(done, self.budget or self.max_steps),
+                        info=f"step {t.step} {text}{accuracy}")
