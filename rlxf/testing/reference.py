@@ -113,3 +113,24 @@ def entropy_reference(logits: Tensor, *, temperature: float = 1.0) -> Tensor:
     """-sum_v p_v log p_v of softmax(logits / temperature), full vocabulary, float64 `(...)`."""
     logp = torch.log_softmax(logits.double() / temperature, dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+@torch.no_grad()
+def sampled_logps_reference(model, prompts: list[list[int]], rollout, temperature: float) -> Tensor:
+    """log softmax(logits / temperature) of each sampled token of ``rollout`` `(N, T)`, from one plain forward
+    per unpadded ``[prompt | completion]`` row (0 after a completion's end)."""
+    out = torch.zeros(rollout.completion_ids.shape)
+    for i, tokens in enumerate(rollout.completion_token_lists()):
+        prompt = prompts[i // rollout.n]
+        logits = model(input_ids=torch.tensor([prompt + tokens])).logits[0]
+        logp = torch.log_softmax(logits[len(prompt) - 1:-1].float() / temperature, dim=-1)
+        out[i, :len(tokens)] = logp.gather(1, torch.tensor(tokens)[:, None]).squeeze(1)
+    return out
+
+
+@torch.no_grad()
+def continuation_logp_reference(model, prompt_ids: list[int], ids: list[int]) -> float:
+    """log P(ids | prompt_ids) in float64 from one plain forward over ``[prompt | ids]`` and a full log-softmax."""
+    logits = model(input_ids=torch.tensor([prompt_ids + ids])).logits[0].double()
+    logps = torch.log_softmax(logits, dim=-1)
+    return sum(float(logps[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(ids))

@@ -18,27 +18,16 @@ from rlxf.feedback.judges import (
     template_fields,
 )
 from rlxf.feedback.pairwise import BradleyTerryPairwise, PairwiseFeedback
-from rlxf.models import load_policy
 from rlxf.rollout import LocalLM
+from rlxf.testing import continuation_logp_reference
 
 SHORT_POINTWISE = "Q: {instruction}\nA: {response}\nScore:"
 SHORT_PAIRWISE = "Q: {instruction}\nA: {response_a}\nB: {response_b}\nBetter:"
 
 
-@pytest.fixture(scope="module")
-def tiny_lm():
-    model, tokenizer = load_policy("tiny")
-    return LocalLM(model, tokenizer, batch_size=2)
-
-
 def direct_logp(lm: LocalLM, prompt: str, choice: str) -> float:
     """log P(choice | prompt) from one plain forward over [prompt | choice] and a full log-softmax."""
-    p_ids, c_ids = lm.encode(prompt), lm.encode(choice)
-    ids = torch.tensor([p_ids + c_ids])
-    with torch.no_grad():
-        logits = lm.model(input_ids=ids).logits[0].double()
-    logps = torch.log_softmax(logits, dim=-1)
-    return sum(float(logps[len(p_ids) - 1 + j, t]) for j, t in enumerate(c_ids))
+    return continuation_logp_reference(lm.model, lm.encode(prompt), lm.encode(choice))
 
 
 class FakeLM:

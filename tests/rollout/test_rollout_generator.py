@@ -19,6 +19,7 @@ from rlxf.data.batching import pad_left
 from rlxf.models import load_policy
 from rlxf.rollout import Rollout, TransformersGenerator
 from rlxf.rollout.base import completion_mask, sample_categorical
+from rlxf.testing import sampled_logps_reference
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 TEXTS = ["<|im_start|>user\nSay 7<|im_end|>\n<|im_start|>assistant\n", "Hi", "What is 12+30?", "a b c d e f", "?"]
@@ -54,16 +55,7 @@ def _generator(tokenizer, model, pad=None):
                                  pad_token_id=tokenizer.pad_token_id if pad is None else pad)
 
 
-def _reference_logps(model, prompts, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """log softmax(logits / temperature) of each sampled token, one unpadded row at a time."""
-    out = torch.zeros(rollout.completion_ids.shape)
-    for i, tokens in enumerate(rollout.completion_token_lists()):
-        prompt = prompts[i // rollout.n]
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([prompt + tokens])).logits[0]
-        logp = torch.log_softmax(logits[len(prompt) - 1:-1].float() / temperature, dim=-1)
-        out[i, :len(tokens)] = logp.gather(1, torch.tensor(tokens)[:, None]).squeeze(1)
-    return out
+_reference_logps = sampled_logps_reference
 
 
 def _check_structure(rollout: Rollout, eos: int, pad: int):

@@ -25,6 +25,7 @@ from rlxf.models import load_policy, tiny_tokenizer
 from rlxf.models.layout import use_kn_layout
 from rlxf.rollout import Rollout, TransformersGenerator
 from rlxf.rollout.llama_backend import FastLlamaGenerator, _shared_prefix, supports
+from rlxf.testing import sampled_logps_reference
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 TEXTS = ["<|im_start|>user\nSay 7<|im_end|>\n<|im_start|>assistant\n", "Hi", "What is 12+30?", "a b c d e f", "?",
@@ -69,16 +70,7 @@ def _pair(model, tokenizer, many_stops: bool = True):
     return FastLlamaGenerator(model, **kw), TransformersGenerator(model, **kw)
 
 
-def _reference_logps(model, prompts, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """log softmax(logits / temperature) of each sampled token, one unpadded row at a time."""
-    out = torch.zeros(rollout.completion_ids.shape)
-    for i, tokens in enumerate(rollout.completion_token_lists()):
-        prompt = prompts[i // rollout.n]
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([prompt + tokens])).logits[0]
-        logp = torch.log_softmax(logits[len(prompt) - 1:-1].float() / temperature, dim=-1)
-        out[i, :len(tokens)] = logp.gather(1, torch.tensor(tokens)[:, None]).squeeze(1)
-    return out
+_reference_logps = sampled_logps_reference
 
 
 def _assert_same(fast: Rollout, slow: Rollout):
