@@ -1,6 +1,14 @@
 """Feedback: anything that scores completions, `feedback(prompts, completions, **context) -> Scores`."""
 
-from rlxf.feedback.base import Feedback, FeedbackError, Scores, check_batch, context_list, validate_scores
+from rlxf.feedback.base import (
+    Feedback,
+    FeedbackError,
+    Scores,
+    check_batch,
+    context_list,
+    finite_mask,
+    validate_scores,
+)
 from rlxf.feedback.code import UnitTestVerifier, build_program, extract_code
 from rlxf.feedback.combine import Gated, LengthPenalty, Normalized, RunningMoments, WeightedSum, overlong_penalty
 from rlxf.feedback.contained import ContainedRewardFunction
@@ -32,6 +40,7 @@ __all__ = [
     "Scores",
     "check_batch",
     "context_list",
+    "finite_mask",
     "validate_scores",
     "UnitTestVerifier",
     "build_program",

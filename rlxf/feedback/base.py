@@ -17,7 +17,7 @@ from torch import Tensor
 
 from rlxf.types import Scores
 
-__all__ = ["FeedbackError", "Scores", "Feedback", "validate_scores", "check_batch", "context_list"]
+__all__ = ["FeedbackError", "Scores", "Feedback", "validate_scores", "check_batch", "context_list", "finite_mask"]
 
 
 class FeedbackError(ValueError):
@@ -105,6 +105,12 @@ def validate_scores(
         info["nonfinite"] = bad.tolist()
         return Scores(values, info, steps)
     return Scores(values, scores.info, steps)
+
+
+def finite_mask(scores: Scores) -> Tensor:
+    """``(B,)`` bool: True for the items whose score is real, False for those :func:`validate_scores` recorded as
+    non-finite (``info["nonfinite"]``, filled with a placeholder that must not be trained on)."""
+    return ~torch.tensor(scores.info.get("nonfinite") or [False] * len(scores), dtype=torch.bool)
 
 
 def _checked_steps(steps: list[Tensor] | None, n: int, source: str) -> list[Tensor] | None:

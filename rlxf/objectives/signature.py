@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 
 from rlxf.config import ConfigError, coerce_value
+from rlxf.objectives.registry import get_objective
 from rlxf.types import LossOutput
 
-__all__ = ["LossSignature", "call_loss", "loss_signature", "resolve_hyperparameters"]
+__all__ = ["LossSignature", "call_loss", "loss_signature", "objective_of_kind", "resolve_hyperparameters"]
 
 _INPUT_TYPES = (Tensor, torch.Generator)
 
@@ -66,6 +67,19 @@ def loss_signature(fn: Callable) -> LossSignature:
         else:
             raise TypeError(f"loss {name!r}: hyperparameter {pname!r} must be keyword-only")
     return LossSignature(name, tuple(tensors), frozenset(required), hyper)
+
+
+def objective_of_kind(name: str, kind: str) -> Callable:
+    """The registered loss ``name`` for a recipe that trains losses of ``kind``; a one-line ConfigError for an
+    unknown name (listing the registered ones) or a loss of another kind (naming the command that trains it)."""
+    try:
+        fn = get_objective(name)
+    except KeyError as err:
+        raise ConfigError(err.args[0]) from None
+    if fn.kind != kind:
+        raise ConfigError(f"objective {name!r} is a {fn.kind} loss; train it with `rlxf train {fn.recipe}` "
+                          f"(see `rlxf list`)")
+    return fn
 
 
 def resolve_hyperparameters(fn: Callable, given: Mapping[str, Any]) -> dict[str, Any]:

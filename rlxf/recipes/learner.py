@@ -25,12 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlxf.config import ConfigError
 from rlxf.models import load_policy
 from rlxf.models.forward import completion_logprobs
 from rlxf.models.precision import autocast_context
-from rlxf.objectives import get_objective
-from rlxf.objectives.signature import call_loss, loss_signature, resolve_hyperparameters
+from rlxf.objectives.signature import call_loss, loss_signature, objective_of_kind, resolve_hyperparameters
 from rlxf.ops import aggregate, aggregate_denominator, kl_k3, masked_mean
 from rlxf.runs import build_optimizer, clip_gradients
 from rlxf.types import Rollout
@@ -64,13 +62,7 @@ class Learner:
     def create(cls, config, model, *, precision: str, pad_token_id: int) -> Learner:
         """The objective by name (it must be a policy-gradient loss), its hyperparameters from ``config.loss``,
         the reference (loaded when the loss has a KL term or KL is measured), AdamW and a warmup schedule."""
-        try:
-            objective = get_objective(config.objective)
-        except KeyError as err:
-            raise ConfigError(err.args[0]) from None
-        if objective.kind != "policy_gradient":
-            raise ConfigError(f"objective {config.objective!r} is a {objective.kind} loss; the online RL recipe "
-                              f"takes policy-gradient losses; train it with `rlxf train {objective.recipe}`")
+        objective = objective_of_kind(config.objective, "policy_gradient")
         hyperparameters = resolve_hyperparameters(objective, config.loss)
         reference = None
         if hyperparameters.get("beta", 0.0) > 0 or config.ref_kl_every > 0:
@@ -115,6 +107,19 @@ class _Metrics:
         return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
 
 
+def _rows(groups: list[int], n: int) -> Tensor:
+    """The rollout rows of prompt ``groups`` (each group's ``n`` completions are contiguous)."""
+    return torch.tensor([g * n + j for g in groups for j in range(n)])
+
+
+def _micro_batches(groups: list[int], per: int, n: int):
+    """``(groups, rows)`` of each micro-batch of at most ``per`` groups (0: all at once), in order."""
+    per = per or max(1, len(groups))
+    for start in range(0, len(groups), per):
+        chunk = groups[start:start + per]
+        yield chunk, _rows(chunk, n)
+
+
 def _mini_batches(groups: int, size: int, *, shuffle: bool, seed: int) -> list[list[int]]:
     order = list(range(groups))
     if shuffle:
@@ -145,8 +150,7 @@ def train_on(learner: Learner, rollout: Rollout, advantages: Tensor, *, step: in
     shuffle = per_update < groups  # one mini-batch of every group needs no new order
     for epoch in range(c.ppo_epochs):
         for mini in _mini_batches(groups, per_update, shuffle=shuffle, seed=(c.seed * 1_000_003 + step) * 101 + epoch):
-            rows_of = [torch.arange(g * n, (g + 1) * n) for g in mini]
-            denominator = aggregate_denominator(mask_all[torch.cat(rows_of).to(device)], learner.aggregation)
+            denominator = aggregate_denominator(mask_all[_rows(mini, n).to(device)], learner.aggregation)
             active = [g for g in mini if carries[g]]
             loss = _accumulate(learner, rollout, advantages, active, denominator, old_all,
                                (metrics, epoch_metrics[epoch]))
@@ -176,14 +180,10 @@ def train_on(learner: Learner, rollout: Rollout, advantages: Tensor, *, step: in
 def _accumulate(learner, rollout, advantages, groups, denominator, old_all, recorders) -> float | None:
     """Forward/backward over micro-batches of ``groups``; the summed loss, or None (gradients cleared) when it is
     not finite."""
-    c, n = learner.config, rollout.n
-    device = next(learner.model.parameters()).device
-    per = c.micro_batch_groups or max(1, len(groups))
+    n, device = rollout.n, next(learner.model.parameters()).device
     declared = loss_signature(learner.objective).tensors
     total = 0.0
-    for start in range(0, len(groups), per):
-        chunk = groups[start:start + per]
-        rows = torch.tensor([g * n + j for g in chunk for j in range(n)])
+    for chunk, rows in _micro_batches(groups, learner.config.micro_batch_groups, n):
         completion = rollout.completion_ids[rows].to(device)
         mask = rollout.completion_mask[rows].to(device)
         prompts = [rollout.prompt_ids[g] for g in chunk]
@@ -218,14 +218,10 @@ def _accumulate(learner, rollout, advantages, groups, denominator, old_all, reco
 def _old_logps(learner: Learner, rollout: Rollout, carries: list[bool]) -> Tensor:
     """``(N, T)`` log-probs of the rollout under the policy before this batch's first update (rows of groups
     without gradient stay 0: they are never trained on)."""
-    c, n = learner.config, rollout.n
-    device = next(learner.model.parameters()).device
+    n, device = rollout.n, next(learner.model.parameters()).device
     out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32)
     active = [g for g, carry in enumerate(carries) if carry]
-    per = c.micro_batch_groups or max(1, len(active))
-    for start in range(0, len(active), per):
-        chunk = active[start:start + per]
-        rows = torch.tensor([g * n + j for g in chunk for j in range(n)])
+    for chunk, rows in _micro_batches(active, learner.config.micro_batch_groups, n):
         logps, _ = learner.logps(learner.model, [rollout.prompt_ids[g] for g in chunk],
                                  rollout.completion_ids[rows].to(device), n)
         out[rows] = logps.float().cpu()

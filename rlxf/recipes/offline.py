@@ -54,8 +54,7 @@ from rlxf.models.logps import uses_packed_forward
 from rlxf.models.lora import LoraWeights, add_lora, save_policy_or_merged
 from rlxf.models.precision import resolve_precision
 from rlxf.models.reference import cached_reference_logps, model_fingerprint
-from rlxf.objectives import get_objective
-from rlxf.objectives.signature import call_loss, loss_signature, resolve_hyperparameters
+from rlxf.objectives.signature import call_loss, loss_signature, objective_of_kind, resolve_hyperparameters
 
 CACHE_VERSION = 3
 
@@ -133,7 +132,7 @@ class OfflineTrainer(ABC):
         self.config = c = config
         self.device = runs.resolve_device(c.device)
         runs.set_threads(c.threads)
-        self.objective = _objective(c.objective, self.KIND)
+        self.objective = objective_of_kind(c.objective, self.KIND)
         self.hyperparameters = resolve_hyperparameters(self.objective, c.loss)
         self.config = c = replace(c, loss=self.hyperparameters)  # config.yaml records every value used
         self.tensor_names = self._tensor_names()
@@ -343,7 +342,7 @@ class OfflineTrainer(ABC):
 
     def restore(self, checkpoint: Path) -> None:
         state = runs.load_checkpoint(checkpoint, model=self._checkpoint_model(), optimizer=self.optimizer,
-                                scheduler=self.scheduler, sampling_rng=self.rng)
+                                     scheduler=self.scheduler, sampling_rng=self.rng)
         self.step = state["step"]
         self.train_clock = state["train_clock"]
         self.nonfinite_total = state["nonfinite_total"]
@@ -351,18 +350,6 @@ class OfflineTrainer(ABC):
         self.evals = state["evals"]
         self.displacement_warned = state.get("displacement_warned", False)
         self.restore_extra(state)
-
-
-def _objective(name: str, kind: str):
-    """The registered loss ``name``, which must be of ``kind``; one-line errors otherwise."""
-    try:
-        fn = get_objective(name)
-    except KeyError as err:
-        raise ConfigError(err.args[0]) from None
-    if fn.kind != kind:
-        raise ConfigError(f"objective {name!r} is a {fn.kind} loss; train it with `rlxf train {fn.recipe}` "
-                          f"(see `rlxf list`)")
-    return fn
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -393,7 +380,7 @@ def _loop(trainer: OfflineTrainer, run_dir: runs.RunDir) -> dict[str, Any]:
         print(f"held-out before training: {format_preference_eval(trainer.evals[-1])}")
     tokens_per_s: list[float] = []
     with runs.StepLoop(trainer, max_steps=trainer.max_steps, time_budget_s=c.time_budget_s,
-                  max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective) as loop:
+                       max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective) as loop:
         while loop.running():
             t0 = time.perf_counter()
             metrics = trainer.train_step(batch_for_step(trainer.batches, trainer.step, c.seed))
@@ -418,7 +405,7 @@ def _loop(trainer: OfflineTrainer, run_dir: runs.RunDir) -> dict[str, Any]:
                 break
     if loop.stop_reason == "nonfinite":
         runs.mark_nonfinite_stop(run_dir, step=trainer.step, max_nonfinite_steps=c.max_nonfinite_steps,
-                            command=trainer.COMMAND)
+                                 command=trainer.COMMAND)
         return {"status": "stopped", "step": trainer.step, "nonfinite_steps": trainer.nonfinite_total}
 
     if trainer.data.eval and (not trainer.evals or trainer.evals[-1]["step"] != trainer.step):

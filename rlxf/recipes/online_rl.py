@@ -48,7 +48,7 @@ from rlxf.data import DataError, arithmetic_rows, encode_prompts, load_prompts, 
 from rlxf.distributed import LocalExecutor, OnlineStages, StepResult
 from rlxf.eval.accuracy import evaluate_accuracy, format_accuracy
 from rlxf.eval.plots import plot_run
-from rlxf.feedback import make_feedback_from_spec
+from rlxf.feedback import finite_mask, make_feedback_from_spec
 from rlxf.models import load_policy, save_policy
 from rlxf.models.layout import use_kn_layout
 from rlxf.models.precision import bf16_is_faster
@@ -222,7 +222,7 @@ class Trainer:
 
     def restore(self, checkpoint: Path) -> None:
         state = runs.load_checkpoint(checkpoint, model=self.model, optimizer=self.learner.optimizer,
-                                scheduler=self.learner.scheduler, sampling_rng=self.sampling_rng)
+                                     scheduler=self.learner.scheduler, sampling_rng=self.sampling_rng)
         self.step = state["step"]
         self.train_clock = state["train_clock"]
         self.nonfinite_total = state["nonfinite_total"]
@@ -248,7 +248,7 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
         before = trainer.evaluate()
         print(f"held-out accuracy before training: {format_accuracy(trainer.evals[-1])}  ({before['seconds']:.1f} s)")
     with runs.StepLoop(trainer, max_steps=c.max_steps, time_budget_s=c.time_budget_s,
-                  max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective) as loop:
+                       max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective) as loop:
         while loop.running():
             t0 = time.perf_counter()
             rows = rows_for_step(trainer.train_rows, trainer.step, c.prompts_per_step, c.seed)
@@ -290,8 +290,7 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
 def _step_record(trainer: Trainer, result: StepResult, nonfinite: bool) -> dict[str, Any]:
     """The metrics of one step: rewards and feedback health, completion shape, the update's own metrics, timing."""
     scores, rollout = result.scores, result.rollout
-    rewards = scores.values.float()
-    finite = ~torch.tensor(scores.info.get("nonfinite") or [False] * len(rewards), dtype=torch.bool)
+    rewards, finite = scores.values.float(), finite_mask(scores)
     groups = rewards.view(-1, rollout.n)
     return {
         "step": trainer.step,
@@ -302,7 +301,7 @@ def _step_record(trainer: Trainer, result: StepResult, nonfinite: bool) -> dict[
         "frac_zero_std_groups": float((groups.std(dim=1, unbiased=False) == 0).float().mean()),
         "completion_len": float(rollout.lengths.float().mean()),
         "truncated_frac": float((~rollout.finished).float().mean()),
-        "feedback_nonfinite": int(sum(scores.info.get("nonfinite", []) or [0])),
+        "feedback_nonfinite": int((~finite).sum()),
         # Contained feedback (sandboxed code, user reward functions) records these per item.
         "feedback_timeouts": sum(bool(t) for t in scores.info.get("timeout", [])),
         "feedback_errors": sum(e is not None and e is not False for e in scores.info.get("error", [])),

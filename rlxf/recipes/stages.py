@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from rlxf.data import context_of, encode_prompts
-from rlxf.feedback import validate_scores
+from rlxf.feedback import finite_mask, validate_scores
 from rlxf.rollout import Generator
 from rlxf.types import Rollout, Scores
 
@@ -40,8 +40,7 @@ def group_advantages(scores: Scores, rollout: Rollout, *, estimator: Callable[[T
     """``estimator``'s advantages ``(N,)`` per group of ``n``, where a non-finite reward (recorded by
     :func:`score`) must not be trained on: such rows get 0 and their group's estimator runs over its finite
     rewards only (a group with fewer than two finite rewards gets 0 throughout)."""
-    n, rewards = rollout.n, scores.values.float()
-    finite = ~torch.tensor(scores.info.get("nonfinite") or [False] * len(rewards), dtype=torch.bool)
+    n, rewards, finite = rollout.n, scores.values.float(), finite_mask(scores)
     advantages = estimator(rewards, n)
     if bool(finite.all()):
         return advantages

@@ -15,7 +15,6 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from rlxf.data.batching import left_padded_positions, pad_left
-from rlxf.models.precision import autocast_context
 from rlxf.rollout.base import Rollout, TokenSampler, check_generate_args, load_state_into
 
 __all__ = ["TransformersGenerator"]
@@ -47,10 +46,9 @@ class TransformersGenerator:
 
     def _forward(self, **inputs) -> Tensor:
         """Last-position logits ``(rows, V)``, under autocast when configured."""
-        precision = "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
-        if self.autocast_dtype not in (None, torch.bfloat16):
-            raise ValueError(f"autocast_dtype must be None or torch.bfloat16, got {self.autocast_dtype}")
-        with autocast_context(next(self.model.parameters()).device, precision):
+        if self.autocast_dtype is None:
+            return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        with torch.autocast(next(self.model.parameters()).device.type, dtype=self.autocast_dtype):
             return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
     @torch.no_grad()

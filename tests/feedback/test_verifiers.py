@@ -15,6 +15,7 @@ from rlxf.feedback import (
     NumericAnswerVerifier,
     Scores,
     boxed_answer,
+    finite_mask,
     gsm8k_answer,
     last_integer,
     last_number,
@@ -246,6 +247,7 @@ def test_validate_scores_nonfinite():
     recorded = validate_scores(bad, 3, on_nonfinite="record", fill=-1.0)
     assert recorded.values.tolist() == [1.0, -1.0, -1.0]
     assert recorded.info == {"source": ["rm"] * 3, "nonfinite": [False, True, True]}
+    assert finite_mask(recorded).tolist() == [True, False, False] and finite_mask(bad).all()
     assert "nonfinite" not in bad.info  # the input is left as it was
 
 

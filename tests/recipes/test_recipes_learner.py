@@ -16,9 +16,8 @@ import torch
 
 from rlxf.models import load_policy
 from rlxf.models.forward import completion_logprobs
-from rlxf.objectives import grpo_loss
+from rlxf.objectives import grpo_loss, signature
 from rlxf.ops import aggregate, aggregate_denominator
-from rlxf.recipes import learner as learner_module
 from rlxf.recipes.learner import Learner, train_on
 from rlxf.recipes.online_rl import Config
 from rlxf.rollout import TransformersGenerator
@@ -133,6 +132,13 @@ def test_skipping_zero_advantage_groups_is_exact_without_a_kl_term(setup):
     assert train_on(with_kl, rollout, adv, step=0)["trained_groups"] == 4.0
 
 
+def test_only_policy_gradient_losses_are_accepted(setup):
+    with pytest.raises(ValueError, match=r"objective 'dpo' is a preference loss; train it with `rlxf train dpo`"):
+        make_learner(setup, objective="dpo", loss={})
+    with pytest.raises(ValueError, match=r"unknown objective 'grpp'"):
+        make_learner(setup, objective="grpp", loss={})
+
+
 def test_no_group_to_train_leaves_weights_and_gradients_untouched(setup):
     _, _, rollout = setup
     learner = make_learner(setup)
@@ -156,7 +162,7 @@ def test_ppo_epochs_reuse_the_batch_against_the_pre_update_policy(setup, monkeyp
         seen.append({k: v.detach().clone() for k, v in kwargs.items() if torch.is_tensor(v)})
         return original(**kwargs)
 
-    monkeypatch.setattr(learner_module, "get_objective", lambda name: _same_signature(original, recording_loss))
+    monkeypatch.setattr(signature, "get_objective", lambda name: _same_signature(original, recording_loss))
     learner = make_learner(setup, ppo_epochs=3, lr=5e-2, skip_zero_advantage=False)
     metrics = train_on(learner, rollout, advantages_with_two_zero_groups(), step=0)
     assert len(seen) == 3 and learner.scheduler.last_epoch == 3  # one update per pass
@@ -179,7 +185,7 @@ def test_mini_batches_give_one_update_each_and_are_shuffled_per_pass(setup, monk
         seen.append(kwargs["advantages"].detach().clone())
         return original(**kwargs)
 
-    monkeypatch.setattr(learner_module, "get_objective", lambda name: _same_signature(original, recording_loss))
+    monkeypatch.setattr(signature, "get_objective", lambda name: _same_signature(original, recording_loss))
     learner = make_learner(setup, ppo_epochs=2, mini_batch_groups=1, skip_zero_advantage=False)
     train_on(learner, rollout, torch.arange(16, dtype=torch.float32), step=5)
     assert learner.scheduler.last_epoch == 8  # 2 passes x 4 mini-batches of one group

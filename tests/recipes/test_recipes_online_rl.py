@@ -24,6 +24,7 @@ import rlxf.objectives
 from rlxf.data import DataError
 from rlxf.feedback import FEEDBACK, Scores
 from rlxf.models import load_policy
+from rlxf.objectives import signature
 from rlxf.recipes import learner as learner_module
 from rlxf.recipes import online_rl
 from rlxf.recipes.online_rl import Config, run
@@ -271,7 +272,7 @@ def _capturing(monkeypatch, seen: list, transform=None):
 
         return wrapped
 
-    monkeypatch.setattr(learner_module, "get_objective", get_objective)
+    monkeypatch.setattr(signature, "get_objective", get_objective)
 
 
 def test_partly_nonfinite_rewards_leave_those_rows_untrained(copy_task, tmp_path, monkeypatch):
