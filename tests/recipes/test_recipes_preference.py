@@ -152,6 +152,21 @@ def test_micro_batches_accumulate_exactly_to_the_big_batch(toy, tmp_path, object
             torch.testing.assert_close(weights, big_w, rtol=1e-5, atol=0)
 
 
+def test_group_step_size_moves_the_group_weights(toy, tmp_path):
+    """group_step_size=0 leaves the weights uniform; a positive step moves weight towards the group with the
+    larger loss (after the policy moved away from the reference the two groups' losses differ)."""
+    weights = {}
+    for eta in (0.0, 5.0):
+        trainer = trainer_for(toy, tmp_path, "group_robust_dpo", group_step_size=eta)
+        with torch.no_grad():
+            for p in trainer.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        trainer.before_batch(batch_for_step(trainer.batches, 0, trainer.config.seed))
+        weights[eta] = trainer.group_weights
+    assert weights[0.0].tolist() == [0.5, 0.5]
+    assert abs(float(weights[5.0][0]) - 0.5) > 1e-4 and float(weights[5.0].sum()) == pytest.approx(1.0)
+
+
 def test_first_dpo_loss_is_log_2_because_the_reference_is_the_initial_policy(toy, tmp_path):
     """Before any step pi = pi_ref, so every margin is 0 and L_DPO = -log sigma(0) = log 2 per pair."""
     trainer = PairedTrainer(config(toy, tmp_path))

@@ -116,8 +116,9 @@ def test_soft_labels_and_margin_use_the_rows_scores(tmp_path):
     halves), which shows the scores are what made the difference."""
     data = scored_pairs_half_mislabelled(tmp_path / "kw.jsonl", 400, heldout_from=301)
     assert run(_config(tmp_path, data, loss="soft_bt", gamma=2.0))["heldout"]["accuracy"] > 0.9
-    summary = run(_config(tmp_path, data, margin="score_diff", center_coef=0.01, run_name="m"))
+    summary = run(_config(tmp_path, data, margin="score_diff", center_coef=0.01, run_name="m", plots=False))
     assert summary["heldout"]["accuracy"] > 0.9
+    assert not (tmp_path / "runs" / "m" / "plots").exists()  # plots=false writes none
     assert run(_config(tmp_path, data, run_name="plain"))["heldout"]["accuracy"] < 0.8
 
 
@@ -167,3 +168,18 @@ def test_minilm_head_on_hh_harmless_split(tmp_path, monkeypatch):
     assert (summary["train_pairs"], summary["heldout_pairs"]) == (1996, 311)
     print(f"MiniLM BT head, HH harmless held-out accuracy: {summary['heldout']['accuracy']:.3f}")
     assert summary["heldout"]["accuracy"] > 0.55
+
+
+def test_warmup_ramps_the_learning_rate_of_each_update():
+    """warmup_steps=4: the updates run at lr/4, lr/2, 3lr/4, then lr (the scheduler steps with the optimizer)."""
+    from rlxf.recipes.reward_model import _guarded_step
+    from rlxf.runs import build_optimizer
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    config = Config(lr=1.0, warmup_steps=4, weight_decay=0.0)
+    optimizer, scheduler = build_optimizer([param], config, fused=False)
+    seen = []
+    for _ in range(5):
+        seen.append(optimizer.param_groups[0]["lr"])
+        _guarded_step((param * 1.0).sum(), [param], optimizer, scheduler, config)
+    assert seen == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
