@@ -26,7 +26,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from rlxf import __version__
-from rlxf.config import ConfigError, Entry, build_config, config_help, config_to_yaml
+from rlxf.config import Entry, UserError, build_config, config_help, config_to_yaml
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 _HELP = ("-h", "--help")
@@ -279,14 +279,10 @@ def _cmd_list(args: Sequence[str]) -> int:
 
 def _user_error(error: BaseException) -> str | None:
     """The one-line message for an error the user can fix, or None for a bug (keeps its traceback)."""
-    if isinstance(error, ConfigError | CLIError):
+    if isinstance(error, UserError | CLIError):  # config, data, run-directory and checkpoint problems
         return str(error)
     if isinstance(error, FileNotFoundError):
         return f"file not found: {error.filename}" if error.filename else str(error) or "file not found"
-    # rlxf.data (torch-heavy) is not imported just to check: a DataError can only come from it if loaded.
-    data_error = getattr(sys.modules.get("rlxf.data"), "DataError", None)
-    if isinstance(data_error, type) and isinstance(error, data_error):
-        return str(error)
     return None
 
 

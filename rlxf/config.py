@@ -58,7 +58,7 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin, get_ty
 
 import yaml
 
-__all__ = ["ConfigError", "Entry", "build_config", "coerce_value", "config_from_yaml", "config_help", "config_to_yaml",
+__all__ = ["ConfigError", "Entry", "UserError", "build_config", "coerce_value", "config_from_yaml", "config_help", "config_to_yaml",
            "option", "parse_override"]
 
 # Spellings of booleans accepted from YAML files and the command line, compared lower-cased.
@@ -71,7 +71,12 @@ _RECIPE_KEY = "recipe"
 _NO_WRAP = 10**9  # a YAML width that keeps every value on its key's line
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """A problem the user can fix (a setting, a file, a run directory): ``rlxf`` prints its message as one line
+    ``rlxf: error: ...`` and exits with status 2, where anything else is a bug and keeps its traceback."""
+
+
+class ConfigError(UserError):
     """A config problem the user can fix. The message is one line naming the key, file or value."""
 
 

@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
+from rlxf.config import UserError
+
 __all__ = ["DataError", "load_prompts", "read_jsonl", "read_rows", "render_prompt"]
 
 MAX_LISTED = 20  # problems spelled out in a DataError's message; `DataError.problems` keeps them all
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file or row is unusable. `problems` lists every `file:line: problem` found."""
 
     def __init__(self, message: str, problems: Sequence[str] = ()):

@@ -3,6 +3,7 @@
 from rlxf.feedback.base import (
     Feedback,
     FeedbackError,
+    FeedbackSourceFailed,
     Scores,
     check_batch,
     context_list,
@@ -37,6 +38,7 @@ from rlxf.feedback.verifiers import (
 __all__ = [
     "Feedback",
     "FeedbackError",
+    "FeedbackSourceFailed",
     "Scores",
     "check_batch",
     "context_list",

@@ -17,11 +17,16 @@ from torch import Tensor
 
 from rlxf.types import Scores
 
-__all__ = ["FeedbackError", "Scores", "Feedback", "validate_scores", "check_batch", "context_list", "finite_mask"]
+__all__ = ["FeedbackError", "FeedbackSourceFailed", "Scores", "Feedback", "validate_scores", "check_batch", "context_list", "finite_mask"]
 
 
 class FeedbackError(ValueError):
     """A feedback was called with, or returned, something that breaks the contract."""
+
+
+class FeedbackSourceFailed(FeedbackError):
+    """A feedback source gave up for good (e.g. its function timed out on every call of a row): a run cannot go
+    on scoring with it and stops, resumable, with this message."""
 
 
 @runtime_checkable
