@@ -1,24 +1,34 @@
 """A user-supplied Python reward function, run in a worker process so that its crashes and hangs are contained.
 
 `ContainedRewardFunction("my_rewards:score", timeout_s=5)` (or `"path/to/file.py:score"`, or a module-level
-function object) calls the function in a separate Python process. An exception, a segfault, `os._exit` or a
-hang (longer than `timeout_s`) costs only that item: its score is `fill` (NaN by default, which the online
+function object) calls the function in a separate Python process. An exception, a segfault, `os._exit`, an
+allocation beyond the worker's memory limit (`memory_limit_mb`, 4096 by default) or a hang (longer than
+`timeout_s`, 10 s by default) costs only that item: its score is `fill` (NaN by default, which the online
 recipe's `validate_scores(on_nonfinite="record")` replaces and flags), `info["error"]`/`info["timeout"]` say
 what happened, and `counts` keeps running totals for metrics. A worker that died or hung is killed (its whole
-process group) and a fresh one is started for the next call.
+process group) and a fresh one is started for the next call. A function that times out on
+`max_consecutive_timeouts` calls in a row (3 by default) is declared failed: the call raises
+`FeedbackSourceFailed` rather than cost `timeout_s` per item on every later step.
+
+Only real numbers are scores (int, float, numpy scalars; not bool, str or None): any other return value is that
+item's error. The registry's `python_function` factory loads the function when the feedback is made, so a wrong
+module or function name fails at once, not at the first call.
 
 The function is the user's own code, trusted but fallible: the worker has the caller's environment, files and
 network. Untrusted code belongs in `rlxf.feedback.sandbox`.
 
-Function signatures: per item (default) `fn(prompt, completion, **context_item) -> float`, where
+Function signatures: per item (default) `fn(prompt, completion, **context_item) -> number`, where
 `context_item` holds the item's entry of every context list; or with `batched=True`,
-`fn(prompts, completions, **context) -> list[float]` once per batch (a failure then costs the whole batch).
+`fn(prompts, completions, **context) -> B numbers` (a list, tuple or 1-D array) once per batch (a failure then
+costs the whole batch).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import platform
+import re
 import signal
 import subprocess
 import sys
@@ -28,15 +38,23 @@ from typing import Any
 
 import torch
 
-from rlxf.feedback.base import FeedbackError, Scores, check_batch, context_list
+from rlxf.feedback.base import FeedbackError, FeedbackSourceFailed, Scores, check_batch, context_list
 
 __all__ = ["ContainedRewardFunction", "python_function"]
 
 # The worker: started as `python -c _WORKER <read fd> <write fd>`, so that it imports neither rlxf nor torch
 # (the user's module may). Requests and replies are pickles framed by multiprocessing.connection.
 _WORKER = """\
-import importlib, importlib.util, os, pickle, sys, traceback
+import importlib, importlib.util, numbers, os, pickle, reprlib, sys, traceback
 from multiprocessing.connection import Connection
+
+def limit_memory(rlimit, mb):
+    # Only the soft limit: the hard one is left as it was (a function may raise the soft limit on purpose).
+    import resource
+    which = getattr(resource, rlimit)
+    hard = resource.getrlimit(which)[1]
+    want = mb << 20
+    resource.setrlimit(which, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
 
 def load(target):
     if not isinstance(target, str):
@@ -54,16 +72,53 @@ def load(target):
         fn = getattr(fn, part)
     return fn
 
+def describe(exc, mb):
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # numpy and Python raise MemoryError at the limit; torch's allocator raises RuntimeError "can't allocate memory".
+    if mb and (isinstance(exc, MemoryError) or "allocate memory" in str(exc)):
+        text += f" (worker memory limit {mb} MB, memory_limit_mb)"
+    return text
+
+def bad_number(value):
+    # bool is an int subclass and a string may parse as a float: neither is a score the function meant.
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return None
+    return f"{type(value).__name__} {reprlib.repr(value)}"
+
+def scores(value, batched):
+    '''(float or list of floats, None), or (None, why the value is not a score).'''
+    if not batched:
+        bad = bad_number(value)
+        return (None, f"returned {bad}, not a number") if bad else (float(value), None)
+    kind = type(value).__name__
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays, torch tensors
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return None, f"returned {kind} {reprlib.repr(value)}, not a list of numbers"
+    for i, v in enumerate(value):
+        bad = bad_number(v)
+        if bad:
+            return None, f"returned a {kind} whose element {i} is {bad}, not a number"
+    return [float(v) for v in value], None
+
 def main():
     requests, replies = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
     init = requests.recv()
     sys.path[:] = init["sys_path"]
+    mb, batched = init["memory_limit_mb"], init["batched"]
+    try:
+        if mb:
+            limit_memory(init["rlimit"], mb)
+    except BaseException as exc:
+        replies.send(("error", f"cannot limit the worker's memory to {mb} MB ({init['rlimit']}): "
+                               f"{describe(exc, 0)}", traceback.format_exc()))
+        return
     try:
         fn = load(init["target"])
         if not callable(fn):
-            raise TypeError(f"{init['target']!r} is not callable")
+            raise TypeError(f"{type(fn).__name__} {reprlib.repr(fn)} is not callable")
     except BaseException as exc:
-        replies.send(("error", f"cannot load the reward function: {type(exc).__name__}: {exc}",
+        replies.send(("error", f"cannot load the reward function {init['label']!r}: {describe(exc, mb)}",
                       traceback.format_exc()))
         return
     replies.send(("ready", None, None))
@@ -73,11 +128,10 @@ def main():
         except EOFError:
             return
         try:
-            value = fn(*args, **kwargs)
-            value = [float(v) for v in value] if init["batched"] else float(value)
-            replies.send(("ok", value, None))
+            value, why = scores(fn(*args, **kwargs), batched)
+            replies.send(("ok", value, None) if why is None else ("error", why, None))
         except BaseException as exc:
-            replies.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            replies.send(("error", describe(exc, mb), traceback.format_exc()))
 
 main()
 """
@@ -88,10 +142,21 @@ class ContainedRewardFunction:
 
     fn_or_import_path: `"module:function"` (imported with the caller's `sys.path`), `"file.py:function"`, or a
     picklable callable (a module-level function; lambdas and closures cannot cross to the worker).
-    timeout_s: seconds one call may take before the worker is killed and the item scored `fill`.
+    timeout_s: seconds one call may take before the worker is killed and the item scored `fill` (default 10).
     batched: call the function once per batch (`fn(prompts, completions, **context) -> B numbers`) instead of
-    once per item. fill: the score of a failed item (NaN by default, so nothing passes for a real score).
-    start_timeout_s: seconds the worker may take to start and import the function.
+    once per item (default False). fill: the score of a failed item (NaN by default, so nothing passes for a
+    real score). start_timeout_s: seconds the worker may take to start and import the function (default 60).
+    memory_limit_mb: the worker's memory limit (default 4096; 0 = none), set before the function is loaded: an
+    allocation beyond it raises MemoryError in the worker, which becomes that item's error. It is RLIMIT_DATA
+    (heap and anonymous mappings, not shared libraries) on Linux >= 4.7, else RLIMIT_AS (all address space).
+    Thread stacks count too (8 MB each): torch with 64 threads held 1.3 GB of it before any big tensor.
+    max_consecutive_timeouts: after this many calls in a row that timed out (across calls of this object; any
+    call that returns in time, with a score or an error, starts the count again), the call raises
+    `FeedbackSourceFailed` (default 3; 0 = never).
+    name: the `info["source"]` of every item and the prefix of error messages (default "python_function").
+
+    Only real numbers are scores: int, float and other `numbers.Real` (numpy scalars), not bool, str or None;
+    NaN and inf are returned as they are. Anything else is the item's error ("returned str '0.5', not a number").
 
     info per item: `source` (`name`), `error` (None or the exception / crash description), `timeout` (bool).
     `counts`: running totals `calls`, `errors`, `timeouts`, `crashes` (worker died), `restarts`.
@@ -105,13 +170,20 @@ class ContainedRewardFunction:
         batched: bool = False,
         fill: float = float("nan"),
         start_timeout_s: float = 60.0,
+        memory_limit_mb: int = 4096,
+        max_consecutive_timeouts: int = 3,
         name: str = "python_function",
     ):
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        limits = {"memory_limit_mb": memory_limit_mb, "max_consecutive_timeouts": max_consecutive_timeouts}
+        for key, value in limits.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{key} must be a whole number >= 0 (0 = no limit), got {value!r}")
         if isinstance(fn_or_import_path, str):
             if ":" not in fn_or_import_path:
                 raise ValueError(f"expected 'module:function' or 'file.py:function', got {fn_or_import_path!r}")
+            self.label = fn_or_import_path
             where = fn_or_import_path.rpartition(":")[0]
             if where.endswith(".py"):
                 if not os.path.isfile(where):
@@ -124,15 +196,28 @@ class ContainedRewardFunction:
             except Exception as exc:
                 raise ValueError(f"the reward function cannot be sent to a worker process ({exc}); "
                                  "define it at module level or pass 'module:function'") from exc
+            self.label = _callable_label(fn_or_import_path)
         else:
             raise TypeError(f"expected a callable or an import path, got {type(fn_or_import_path).__name__}")
         self.timeout_s, self.start_timeout_s = float(timeout_s), float(start_timeout_s)
         self.batched, self.fill, self.name = bool(batched), float(fill), name
+        self.memory_limit_mb, self.max_consecutive_timeouts = memory_limit_mb, max_consecutive_timeouts
         self.counts = {"calls": 0, "errors": 0, "timeouts": 0, "crashes": 0, "restarts": 0}
         self._proc: subprocess.Popen | None = None
         self._requests: Connection | None = None
         self._replies: Connection | None = None
         self._starts = 0
+        self._timeouts_in_row = 0
+
+    def start(self) -> ContainedRewardFunction:
+        """Start the worker and load the function now (else the first call does); returns self.
+
+        Raises FeedbackError with the worker's one-line reason (e.g. "python_function: cannot load the reward
+        function 'my_mod:nope': AttributeError: module 'my_mod' has no attribute 'nope'"); the worker's
+        traceback, if any, is the exception's `worker_traceback`.
+        """
+        self._ensure_worker()
+        return self
 
     def __call__(self, prompts: list[str], completions: list[str], **context: list[Any]) -> Scores:
         n = check_batch(prompts, completions, source=self.name)
@@ -170,7 +255,8 @@ class ContainedRewardFunction:
             pass
 
     def _call(self, args: tuple, kwargs: dict) -> tuple:
-        """("ok", value) or ("error", message) or ("timeout", message), counted."""
+        """("ok", value) or ("error", message) or ("timeout", message), counted; raises FeedbackSourceFailed
+        when this timeout makes `max_consecutive_timeouts` in a row."""
         self.counts["calls"] += 1
         self._ensure_worker()
         try:
@@ -183,7 +269,14 @@ class ContainedRewardFunction:
         if not self._replies.poll(self.timeout_s):
             self.counts["timeouts"] += 1
             self.close()
+            self._timeouts_in_row += 1
+            if self.max_consecutive_timeouts and self._timeouts_in_row >= self.max_consecutive_timeouts:
+                raise FeedbackSourceFailed(
+                    f"{self.name} {self.label!r}: {self._timeouts_in_row} calls in a row timed out after "
+                    f"{self.timeout_s:g} s each; the function is declared failed (raise timeout_s or fix the "
+                    "function)")
             return ("timeout", f"no result within {self.timeout_s:g} s; worker killed")
+        self._timeouts_in_row = 0  # it answered in time, whatever the answer
         try:
             kind, value, _ = self._replies.recv()
         except (EOFError, OSError):
@@ -224,7 +317,9 @@ class ContainedRewardFunction:
         self._requests, self._replies = Connection(req_w, readable=False), Connection(rep_r, writable=False)
         self.counts["restarts"] += 1 if self._starts else 0
         self._starts += 1
-        self._requests.send({"sys_path": list(sys.path), "target": self._target, "batched": self.batched})
+        self._requests.send({"sys_path": list(sys.path), "target": self._target, "label": self.label,
+                             "batched": self.batched, "memory_limit_mb": self.memory_limit_mb,
+                             "rlimit": _memory_rlimit(platform.system(), platform.release())})
         if not self._replies.poll(self.start_timeout_s):
             self.close()
             raise FeedbackError(f"{self.name}: the worker did not start within {self.start_timeout_s:g} s")
@@ -235,12 +330,33 @@ class ContainedRewardFunction:
             raise FeedbackError(f"{self.name}: the worker died while loading the reward function") from None
         if kind != "ready":
             self.close()
-            raise FeedbackError(f"{self.name}: {message}\n{trace}")
+            error = FeedbackError(f"{self.name}: {message}")
+            error.worker_traceback = trace  # kept off the message, which the CLI prints as one line
+            raise error
 
 
 def python_function(path: str, **kwargs: Any) -> ContainedRewardFunction:
-    """The registry's factory: `make_feedback("python_function", path="module:function", timeout_s=5)`."""
-    return ContainedRewardFunction(path, **kwargs)
+    """The registry's factory: `make_feedback("python_function", path="module:function", timeout_s=5)`.
+
+    The worker is started and the function loaded here, so a wrong path fails when the feedback is made.
+    """
+    return ContainedRewardFunction(path, **kwargs).start()
+
+
+def _memory_rlimit(system: str, release: str) -> str:
+    """The resource limit that bounds the worker's allocations: "RLIMIT_DATA" on Linux >= 4.7 (which counts
+    anonymous mmaps, so numpy and torch buffers, but not mapped shared libraries, so importing torch stays
+    cheap), else "RLIMIT_AS" (where RLIMIT_DATA bounds only brk)."""
+    match = re.match(r"(\d+)\.(\d+)", release)
+    if system == "Linux" and match and (int(match[1]), int(match[2])) >= (4, 7):
+        return "RLIMIT_DATA"
+    return "RLIMIT_AS"
+
+
+def _callable_label(fn: Callable[..., Any]) -> str:
+    """'module:qualname' of a function object, for messages."""
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", type(fn).__name__)
+    return f"{module}:{name}" if module else name
 
 
 def _unpack(outcome: tuple, index: int | None, fill: float) -> tuple[float, str | None, bool]:
@@ -257,4 +373,3 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
     if proc.poll() is None:
         proc.kill()
-
