@@ -30,16 +30,19 @@ class DataError(UserError):
         self.problems = list(problems)
 
 
+RowCheck = Callable[[dict[str, Any]], Sequence[str]]
+
+
 @overload
 def load_prompts(
-    path: str | Path, *, strict: Literal[True] = True, require: Sequence[str] = ()
+    path: str | Path, *, strict: Literal[True] = True, require: Sequence[str] = (), check: RowCheck | None = None
 ) -> list[dict[str, Any]]: ...
 @overload
 def load_prompts(
-    path: str | Path, *, strict: Literal[False], require: Sequence[str] = ()
+    path: str | Path, *, strict: Literal[False], require: Sequence[str] = (), check: RowCheck | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]: ...
 def load_prompts(
-    path: str | Path, *, strict: bool = True, require: Sequence[str] = ()
+    path: str | Path, *, strict: bool = True, require: Sequence[str] = (), check: RowCheck | None = None
 ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], list[str]]:
     """Read and check a JSONL prompt file.
 
@@ -47,11 +50,16 @@ def load_prompts(
     (non-empty list of {role: str, content: str}), and every field named in `require` (e.g. ("answer",),
     so that a row the feedback cannot score is caught here rather than mid-run). Blank lines are skipped.
 
+    check: called on each JSON-object row, returns what is wrong with it for its use (empty when nothing),
+    e.g. ``lambda row: rlxf.feedback.row_problems(feedback, row)`` for whether the feedback can score it
+    (taken as a callable, since the data layer does not import the feedback layer). Its problems are reported
+    with the row's others, as `file:line: problem`.
+
     strict=True: returns the rows, or raises DataError listing every bad row (first MAX_LISTED in the
     message). strict=False: returns (good rows, problems), problems as "file:line: what is wrong".
     A missing file raises DataError even when strict=False; a file without rows is a problem like a bad row.
     """
-    rows, problems = read_rows(path, lambda row, where: (row, _row_problems(row, require)))
+    rows, problems = read_rows(path, lambda row, where: (row, _row_problems(row, require, check)))
     if not strict:
         return rows, problems
     if problems:
@@ -118,8 +126,8 @@ def render_prompt(tokenizer: Any, row: dict[str, Any]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _row_problems(row: Any, require: Sequence[str]) -> list[str]:
-    """What is wrong with one parsed row (empty when it is usable)."""
+def _row_problems(row: Any, require: Sequence[str], check: RowCheck | None = None) -> list[str]:
+    """What is wrong with one parsed row (empty when it is usable); `check` adds its problems for an object."""
     if not isinstance(row, dict):
         return [f"expected a JSON object, got {_json_type(row)}"]
     problems = []
@@ -135,8 +143,11 @@ def _row_problems(row: Any, require: Sequence[str]) -> list[str]:
         problems.extend(_messages_problems(row["messages"]))
     else:
         problems.append("missing 'prompt' (a string) or 'messages' (a list of {role, content})")
-    problems.extend(f"missing '{key}'" for key in require if key not in row)
-    return problems
+    checked = list(check(row)) if check is not None else []
+    # the check's "missing 'answer' (why it is needed)" says more than require's bare "missing 'answer'"
+    problems.extend(f"missing '{key}'" for key in require
+                    if key not in row and not any(p.startswith(f"missing '{key}'") for p in checked))
+    return problems + checked
 
 
 def _messages_problems(messages: Any) -> list[str]:

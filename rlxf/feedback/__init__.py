@@ -8,6 +8,8 @@ from rlxf.feedback.base import (
     check_batch,
     context_list,
     finite_mask,
+    row_problems,
+    shown_json,
     validate_scores,
 )
 from rlxf.feedback.code import UnitTestVerifier, build_program, extract_code
@@ -43,6 +45,8 @@ __all__ = [
     "check_batch",
     "context_list",
     "finite_mask",
+    "row_problems",
+    "shown_json",
     "validate_scores",
     "UnitTestVerifier",
     "build_program",

@@ -8,8 +8,9 @@ several batches' infos concatenate key by key.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
@@ -17,7 +18,10 @@ from torch import Tensor
 
 from rlxf.types import Scores
 
-__all__ = ["FeedbackError", "FeedbackSourceFailed", "Scores", "Feedback", "validate_scores", "check_batch", "context_list", "finite_mask"]
+__all__ = [
+    "FeedbackError", "FeedbackSourceFailed", "Scores", "Feedback", "validate_scores", "check_batch", "context_list",
+    "finite_mask", "row_problems", "shown_json",
+]
 
 
 class FeedbackError(ValueError):
@@ -57,6 +61,31 @@ def context_list(context: dict[str, Any], key: str, n: int, *, source: str) -> l
     if len(items) != n:
         raise FeedbackError(f"{source}: context '{key}' has {len(items)} items for {n} completions")
     return list(items)
+
+
+def row_problems(feedback: Any, row: Mapping[str, Any]) -> list[str]:
+    """Why the prompt `row` (one parsed JSONL row: `prompt`/`messages` plus context fields) cannot be scored by
+    `feedback`; empty when it can, or when the source states no needs.
+
+    A source states its needs by defining `row_problems(self, row) -> list[str]`, each problem phrased for the
+    data file (`missing 'answer' (...)`, `'answer' must be an integer ..., got string "seven"`), so a loader can
+    report it as `file:line: problem` before training rather than as a failed batch mid-run. Sources without
+    the method (reward models, a user's `python_function`) give [].
+    """
+    check = getattr(feedback, "row_problems", None)
+    return list(check(row)) if callable(check) else []
+
+
+def shown_json(value: Any, limit: int = 60) -> str:
+    """A row's value as a data file shows it, with its JSON type: `string "seven"`, `number 7.5`, `boolean
+    true`, `null`, `array [1, 2]`; the text is cut to `limit` characters (default 60)."""
+    if value is None:
+        return "null"
+    kind = ("boolean" if isinstance(value, bool) else "number" if isinstance(value, (int, float))
+            else "string" if isinstance(value, str) else "array" if isinstance(value, (list, tuple))
+            else "object" if isinstance(value, Mapping) else type(value).__name__)
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return f"{kind} {text if len(text) <= limit else text[: limit - 3] + '...'}"
 
 
 def validate_scores(

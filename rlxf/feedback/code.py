@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from rlxf.feedback.base import FeedbackError, Scores, check_batch
+from rlxf.feedback.base import FeedbackError, Scores, check_batch, shown_json
 from rlxf.feedback.sandbox import run_many
 
 __all__ = ["UnitTestVerifier", "extract_code", "build_program"]
@@ -90,6 +90,7 @@ class UnitTestVerifier:
 
     info per item: `source` ("unit_tests"), `correct` (bool), `status` (the sandbox's: ok, error, timeout,
     memory, killed), `seconds`, `stderr_tail` (last 500 characters of stderr), `code_extracted` (fences found).
+    `row_problems` reports a prompt row whose tests are missing or malformed at load time.
     """
 
     name = "unit_tests"
@@ -132,6 +133,39 @@ class UnitTestVerifier:
             "code_extracted": extracted,
         }
         return Scores(torch.tensor([float(c) for c in correct], dtype=torch.float32), info)
+
+    def row_problems(self, row: dict[str, Any]) -> list[str]:
+        """What a prompt row lacks for this verifier: tests in the form `build_program` runs.
+
+        As there, a non-empty `test_list` wins: it must be a list of non-blank strings (blank ones would let
+        any code pass), with `test_setup_code` a string when given. Otherwise `test` (non-blank source
+        defining `check`) and `entry_point` (the function's name, a non-empty string) are both needed.
+        """
+        test_list, test = row.get("test_list"), row.get("test")
+        if test_list:
+            problems = []
+            if not isinstance(test_list, list) or not all(isinstance(t, str) and t.strip() for t in test_list):
+                problems.append("'test_list' must be a list of assert statements (non-blank strings) for the "
+                                f"unit-test verifier, got {shown_json(test_list)}")
+            setup = row.get("test_setup_code")
+            if setup and not isinstance(setup, str):
+                problems.append(f"'test_setup_code' must be a string of Python, got {shown_json(setup)}")
+            return problems
+        if test is None and "test_list" not in row:
+            return ["missing 'test_list' (MBPP asserts) or 'test' + 'entry_point' (HumanEval): the unit-test "
+                    "verifier runs the reply's code against them"]
+        if test is None:
+            return [f"'test_list' is {shown_json(test_list)} and there is no 'test' + 'entry_point': the "
+                    "unit-test verifier has no tests to run"]
+        problems = []
+        if not isinstance(test, str) or not test.strip():
+            problems.append(f"'test' must be Python source defining check(candidate), got {shown_json(test)}")
+        entry_point = row.get("entry_point")
+        if entry_point is None:
+            problems.append("missing 'entry_point' (the name of the function that HumanEval's 'test' checks)")
+        elif not isinstance(entry_point, str) or not entry_point.strip():
+            problems.append(f"'entry_point' must be a function name, got {shown_json(entry_point)}")
+        return problems
 
     def _prompt(self, prompt: str) -> str | None:
         if self.include_prompt == "never" or not prompt:

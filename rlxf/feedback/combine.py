@@ -21,7 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlxf.feedback.base import Feedback, FeedbackError, Scores, check_batch, context_list, validate_scores
+from rlxf.feedback.base import (
+    Feedback,
+    FeedbackError,
+    Scores,
+    check_batch,
+    context_list,
+    row_problems,
+    validate_scores,
+)
 
 __all__ = ["WeightedSum", "Normalized", "RunningMoments", "Gated", "LengthPenalty", "overlong_penalty"]
 
@@ -37,6 +45,12 @@ def _call_source(feedback: Feedback, name: str, prompts: list[str], completions:
     except FeedbackError as exc:
         raise FeedbackError(f"source '{name}': {exc}") from exc
     return scores.values.detach().to(device="cpu", dtype=torch.float32), dict(scores.info)
+
+
+def _parts_problems(parts: Sequence[Feedback], row: dict[str, Any]) -> list[str]:
+    """Every part's `row_problems` for `row`, in order, each problem once (two verifiers needing the same
+    'answer' say so once)."""
+    return list(dict.fromkeys(problem for part in parts for problem in row_problems(part, row)))
 
 
 def _prefixed(name: str, values: Tensor, info: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -71,6 +85,10 @@ class WeightedSum:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
                 raise ValueError(f"source '{name}': weight must be a finite number, got {weight!r}")
             self.sources[name] = (item[0], float(weight))
+
+    def row_problems(self, row: dict[str, Any]) -> list[str]:
+        """What a prompt row lacks for any source (every source is called, whatever its weight)."""
+        return _parts_problems([feedback for feedback, _ in self.sources.values()], row)
 
     def __call__(self, prompts: list[str], completions: list[str], **context: list[Any]) -> Scores:
         n = check_batch(prompts, completions, source=self.name)
@@ -155,6 +173,10 @@ class Normalized:
         self.state = state if state is not None else RunningMoments()
         self.name = method
 
+    def row_problems(self, row: dict[str, Any]) -> list[str]:
+        """What a prompt row lacks for the normalised source."""
+        return _parts_problems([self.feedback], row)
+
     def __call__(self, prompts: list[str], completions: list[str], **context: list[Any]) -> Scores:
         n = check_batch(prompts, completions, source=self.name)
         raw, info = _call_source(self.feedback, "normalized", prompts, completions, context, n)
@@ -223,6 +245,10 @@ class Gated:
             raise ValueError(f"fill must be finite, got {fill!r}")
         self.reward, self.gate, self.threshold, self.fill = reward, gate, float(threshold), float(fill)
 
+    def row_problems(self, row: dict[str, Any]) -> list[str]:
+        """What a prompt row lacks for the gate or the reward (both are called on every item)."""
+        return _parts_problems([self.gate, self.reward], row)
+
     def __call__(self, prompts: list[str], completions: list[str], **context: list[Any]) -> Scores:
         n = check_batch(prompts, completions, source=self.name)
         gate, gate_info = _call_source(self.gate, "gate", prompts, completions, context, n)
@@ -288,6 +314,11 @@ class LengthPenalty:
         self.max_length, self.cache_length = max_length, cache_length
         self.length_key = length_key
         self.tokenizer = tokenizer
+
+    def row_problems(self, row: dict[str, Any]) -> list[str]:
+        """Nothing: lengths belong to completions (the tokenizer's count, or the online recipe's
+        `completion_tokens`), not to prompt rows."""
+        return []
 
     def __call__(self, prompts: list[str], completions: list[str], **context: list[Any]) -> Scores:
         n = check_batch(prompts, completions, source=self.name)

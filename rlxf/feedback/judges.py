@@ -38,7 +38,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from rlxf.feedback.base import FeedbackError, Scores, check_batch, context_list
+from rlxf.feedback.base import FeedbackError, Scores, check_batch, context_list, shown_json
 from rlxf.feedback.pairwise import check_pair_batch
 from rlxf.rollout.lm import LocalLM
 
@@ -201,6 +201,12 @@ class _Judge:
             values[key], cut = self.lm.truncate(text, self.max_field_tokens, keep=keep)
             cut_any |= cut
         return self.lm.render(self.template.format_map(values)), cut_any
+
+    def row_problems(self, row: dict[str, Any]) -> list[str]:
+        """What a prompt row lacks for this judge: a value for each template field it fills from the context
+        (`context_fields`; a null counts as missing, as it would be rendered as "None")."""
+        return [f"missing '{key}' (the {self.name} template fills {{{key}}} with it)"
+                for key in self.context_fields if row.get(key) is None]
 
     def _context(self, context: dict[str, Any], n: int) -> list[dict[str, Any]]:
         lists = {key: context_list(context, key, n, source=self.name) for key in self.context_fields}
@@ -403,6 +409,18 @@ class PairwiseJudge(_Judge):
         self.choices = list(choices)
         self.rubric = rubric
         self.answer_prefix = answer_prefix
+
+    def row_problems(self, row: dict[str, Any]) -> list[str]:
+        """What a prompt row lacks for this judge as feedback: a `reference` reply (a string) and the template's
+        context fields."""
+        reference = row.get("reference")
+        if reference is None:
+            problems = ["missing 'reference' (the pairwise judge scores a reply by its chance of beating it)"]
+        elif not isinstance(reference, str):
+            problems = [f"'reference' must be a reply (a string) for the pairwise judge, got {shown_json(reference)}"]
+        else:
+            problems = []
+        return problems + [p for p in super().row_problems(row) if not p.startswith("missing 'reference'")]
 
     def __call__(self, prompts: list[str], completions: list[str], **context: list[Any]) -> Scores:
         n = check_batch(prompts, completions, source=self.name)

@@ -27,13 +27,14 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlxf.feedback import _math_worker
-from rlxf.feedback.base import FeedbackError, Scores, check_batch, context_list
+from rlxf.feedback.base import FeedbackError, Scores, check_batch, context_list, shown_json
 from rlxf.feedback.verifiers import _MARKERS, boxed_answer, gsm8k_answer, last_number, parse_number
 
 __all__ = ["MathAnswerVerifier", "extract_answer"]
@@ -88,7 +89,7 @@ class MathAnswerVerifier:
     `timeout`, `error` (message or None), `status` ("ok", "no_answer", "parse_failed", "timeout", "error"),
     `correct`, `format` (the extraction rule used), `source` ("math").
     A parse failure, timeout or error scores 0.0 and is recorded, never raised; only a missing or
-    unreadable reference answer raises a FeedbackError.
+    unreadable reference answer raises a FeedbackError (`row_problems` reports such a row at load time).
     """
 
     name = "math"
@@ -143,6 +144,15 @@ class MathAnswerVerifier:
         }
         return Scores(torch.tensor(correct, dtype=torch.float32), info)
 
+    def row_problems(self, row: dict[str, Any]) -> list[str]:
+        """What a prompt row lacks for this verifier: a reference under `answer_key` that is a finite number or
+        non-empty text. Whether math-verify can read the text is not checked here (it needs the worker)."""
+        key = self.answer_key
+        if key not in row:
+            return [f"missing '{key}' (the math verifier compares the reply's final answer with it)"]
+        _, problem = _gold_text(row[key], show=shown_json)
+        return [f"'{key}' for the math verifier {problem}"] if problem else []
+
     def check(self, gold: str, answer: str) -> dict[str, Any]:
         """Compare one extracted `answer` with one reference `gold` (both text); the worker's reply dict."""
         request = {"gold": gold, "pred": answer, "raw": self.mode == "any", "timeout_s": self.timeout_s}
@@ -193,14 +203,21 @@ def _no_answer() -> dict[str, Any]:
 
 def _gold_answer(answer: Any, i: int) -> str:
     """A reference answer as the text of one answer (a solution's box, a `#### n` line, or as written)."""
-    if isinstance(answer, bool) or answer is None:
-        raise FeedbackError(f"math: answer {i} must be LaTeX text or a number, got {answer!r}")
+    text, problem = _gold_text(answer, show=repr)
+    if problem:
+        raise FeedbackError(f"math: answer {i} {problem}")
+    return text
+
+
+def _gold_text(answer: Any, *, show: Callable[[Any], str]) -> tuple[str, str]:
+    """(the reference's answer text, "") or ("", what is wrong with it, e.g. "is empty: '  '"), the bad value
+    written by `show` (repr for a FeedbackError, `shown_json` for a data file)."""
+    if isinstance(answer, bool) or answer is None or not isinstance(answer, (int, float, str)):
+        return "", f"must be LaTeX text or a number, got {show(answer)}"
     if isinstance(answer, (int, float)):
         if isinstance(answer, float) and not math.isfinite(answer):
-            raise FeedbackError(f"math: answer {i} is not finite: {answer!r}")
-        return str(answer)
-    if not isinstance(answer, str):
-        raise FeedbackError(f"math: answer {i} must be LaTeX text or a number, got {type(answer).__name__}")
+            return "", f"is not finite: {show(answer)}"
+        return str(answer), ""
     text = answer.strip()
     if "\\boxed" in text or "\\fbox" in text:
         text = boxed_answer(text) or text
@@ -210,8 +227,8 @@ def _gold_answer(answer: Any, i: int) -> str:
     while len(text) >= 2 and text.startswith("$") and text.endswith("$"):
         text = text[1:-1].strip()
     if not text:
-        raise FeedbackError(f"math: answer {i} is empty: {answer!r}")
-    return text
+        return "", f"is empty: {show(answer)}"
+    return text, ""
 
 
 class _WorkerGone(Exception):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rlxf.feedback.base import FeedbackError, Scores, check_batch, context_list
+from rlxf.feedback.base import FeedbackError, Scores, check_batch, context_list, shown_json
 
 __all__ = [
     "ArithmeticVerifier",
@@ -137,12 +137,21 @@ def parse_number(text: str) -> Number | None:
 class ArithmeticVerifier:
     """1.0 when the last integer of the completion equals `answer`, else 0.0 (the anchor's strict rule).
 
-    Context: `answer` (one int per completion; integral floats and integer strings are accepted).
+    Context: `answer` (one int per completion; integral floats and integer strings are accepted; a bool,
+    7.5 or "seven" raises FeedbackError, and `row_problems` reports such a row at load time).
     info per item: `parsed` (the last integer or None), `parse_failed` (no integer at all), `correct`,
     `source` ("arithmetic").
     """
 
     name = "arithmetic"
+
+    def row_problems(self, row: dict[str, Any]) -> list[str]:
+        """What a prompt row lacks for this verifier: an `answer` that `__call__` reads as an integer."""
+        if "answer" not in row:
+            return ["missing 'answer' (the arithmetic verifier compares the reply's last integer with it)"]
+        if _as_integer(row["answer"]) is None:
+            return [f"'answer' must be an integer for the arithmetic verifier, got {shown_json(row['answer'])}"]
+        return []
 
     def __call__(self, prompts: list[str], completions: list[str], **context: list[Any]) -> Scores:
         n = check_batch(prompts, completions, source=self.name)
@@ -171,7 +180,8 @@ class NumericAnswerVerifier:
     ints must be equal.
 
     Context: `answer` per completion: a number, a number string ("1,234", "3/4") or a GSM8K solution
-    ending in "#### n". An answer that cannot be parsed raises FeedbackError (bad data, not a wrong reply).
+    ending in "#### n". An answer that cannot be parsed raises FeedbackError (bad data, not a wrong reply);
+    `row_problems` reports such a row at load time.
     info per item: `parsed`, `parse_failed`, `correct`, `format` (the format read, None when nothing
     parsed), `source` ("numeric").
     """
@@ -187,6 +197,15 @@ class NumericAnswerVerifier:
             raise ValueError(f"NumericAnswerVerifier: tol must be a finite number >= 0, got {tol!r}")
         self.mode = mode
         self.tol = float(tol)
+
+    def row_problems(self, row: dict[str, Any]) -> list[str]:
+        """What a prompt row lacks for this verifier: an `answer` that `__call__` reads as a finite number."""
+        if "answer" not in row:
+            return ["missing 'answer' (the numeric verifier compares the reply's final number with it)"]
+        if _as_number(row["answer"]) is None:
+            return ["'answer' must be a number for the numeric verifier (18, \"1,234\", \"3/4\", or a solution "
+                    f"ending \"#### 18\"), got {shown_json(row['answer'])}"]
+        return []
 
     def extract(self, text: str) -> tuple[Number | None, str]:
         """(parsed answer or None, the format it was read with) for one completion."""
@@ -246,9 +265,11 @@ def _close(pred: Number, gold: Number, tol: float) -> bool:
         return False
 
 
-def _integer_answer(answer: Any, i: int) -> int:
+def _as_integer(answer: Any) -> int | None:
+    """A reference answer as the arithmetic verifier's int: an int, an integral float or an integer string
+    (" 7 "); None otherwise (a bool is not a number here, though Python counts it as an int)."""
     if isinstance(answer, bool):
-        raise FeedbackError(f"arithmetic: answer {i} must be an integer, got bool {answer!r}")
+        return None
     if isinstance(answer, int):
         return answer
     if isinstance(answer, float) and answer.is_integer():
@@ -257,11 +278,21 @@ def _integer_answer(answer: Any, i: int) -> int:
         try:
             return int(answer.strip())
         except ValueError:
-            pass
-    raise FeedbackError(f"arithmetic: answer {i} must be an integer, got {answer!r}")
+            return None
+    return None
 
 
-def _numeric_answer(answer: Any, i: int) -> Number:
+def _integer_answer(answer: Any, i: int) -> int:
+    value = _as_integer(answer)
+    if value is None:
+        got = f"bool {answer!r}" if isinstance(answer, bool) else repr(answer)
+        raise FeedbackError(f"arithmetic: answer {i} must be an integer, got {got}")
+    return value
+
+
+def _as_number(answer: Any) -> Number | None:
+    """A reference answer as the numeric verifier's finite number (a number, a number string, or a GSM8K
+    solution's "#### n"); None when it is none of those."""
     value: Number | None = None
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         value = answer
@@ -271,5 +302,12 @@ def _numeric_answer(answer: Any, i: int) -> Number:
             span = gsm8k_answer(answer)
             value = parse_number(span) if span is not None else None
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value
+
+
+def _numeric_answer(answer: Any, i: int) -> Number:
+    value = _as_number(answer)
+    if value is None:
         raise FeedbackError(f"numeric: cannot read a number from answer {i}: {answer!r}")
     return value

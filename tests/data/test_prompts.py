@@ -115,6 +115,43 @@ def test_required_context_fields(tmp_path):
     assert len(load_prompts(path)) == 2
 
 
+def integer_answer(row):
+    """A row check as a feedback would give one: `answer` must be an int."""
+    if "answer" not in row:
+        return ["missing 'answer' (needed to score)"]
+    return [] if type(row["answer"]) is int else [f"'answer' must be an integer, got {row['answer']!r}"]
+
+
+def test_check_problems_are_reported_as_file_and_line(tmp_path):
+    rows = [GOOD_PROMPT, json.dumps({"prompt": "no answer"}), json.dumps({"prompt": "", "answer": "seven"}), "[1]",
+            GOOD_MESSAGES]
+    path = write(tmp_path, rows)
+    seen = []
+    check = lambda row: seen.append(row) or integer_answer(row)  # noqa: E731
+    with pytest.raises(DataError) as err:
+        load_prompts(path, check=check)
+    assert err.value.problems == [
+        f"{path}:2: missing 'answer' (needed to score)",
+        f"{path}:3: 'prompt' is empty; 'answer' must be an integer, got 'seven'",
+        f"{path}:4: expected a JSON object, got array",
+    ]
+    assert len(seen) == 4  # called on every object row, not on the array
+    good, problems = load_prompts(path, strict=False, check=integer_answer)
+    assert good == [json.loads(GOOD_PROMPT), json.loads(GOOD_MESSAGES)] and problems == err.value.problems
+    assert load_prompts(path, strict=False, check=lambda row: [])[1] == [err.value.problems[1].split(";")[0],
+                                                                         err.value.problems[2]]
+
+
+def test_check_with_require(tmp_path):
+    """require= keeps working beside check=; the check's own "missing 'answer' (why)" replaces the bare one."""
+    rows = [{"prompt": "2+3?", "answer": 5, "id": "a"}, {"prompt": "no answer or id"}]
+    path = write(tmp_path, [json.dumps(row) for row in rows])
+    _, problems = load_prompts(path, strict=False, require=("answer", "id"), check=integer_answer)
+    assert problems == [f"{path}:2: missing 'id'; missing 'answer' (needed to score)"]
+    _, problems = load_prompts(path, strict=False, require=("answer",))
+    assert problems == [f"{path}:2: missing 'answer'"]
+
+
 def test_bad_utf8_line(tmp_path):
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(GOOD_PROMPT.encode() + b"\n" + '{"prompt": "caf\xe9"}'.encode("latin-1") + b"\n")
