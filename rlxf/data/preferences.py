@@ -1,4 +1,4 @@
-"""Preference data: JSONL pairs (three formats, detected per file) and unpaired rows, checked and tokenised.
+"""Preference data: JSONL pairs (three formats, one per file) and unpaired rows, checked and tokenised.
 
 Paired formats, one row per line (a ``.jsonl`` or ``.jsonl.gz`` file):
 
@@ -19,10 +19,14 @@ margin-matching losses) and ``group`` (string or integer; for group-robust DPO).
 Unpaired rows (KTO): ``{"prompt": ..., "completion": ..., "label": true|false}`` where prompt and completion are
 both strings (text) or both message lists (the completion a single assistant message).
 
-The format is detected from a file's first JSON object (``completion``/``label`` -> unpaired, list-valued
-``chosen`` -> messages, a ``prompt`` field -> text, otherwise hh) and every row is checked against it. Every bad
-row is reported as ``file:line: what is wrong`` (one :class:`~rlxf.data.prompts.DataError` listing all of them),
-or with ``strict=False`` skipped and returned as problems.
+The format of each row is detected on its own (``completion``/``label`` -> unpaired, list-valued ``chosen`` or
+``prompt`` -> messages, a ``prompt`` field -> text, otherwise hh); the file's format is the one most rows have
+(a tie goes to the format seen first), or the one given as ``format=``. Every row is checked against the file's
+format; a row that does not fit it and looks like another format is reported as that (``this row is in 'hh'
+format ... but the file is 'text' (41 of 42 rows)``) rather than by the field errors of a format it is not in,
+so one odd row does not make every other row look wrong. Every bad row is reported as ``file:line: what is
+wrong`` (one :class:`~rlxf.data.prompts.DataError` listing all of them, in file order), or with ``strict=False``
+skipped and returned as problems.
 
 Tokenisation (:func:`tokenize_pairs`, :func:`tokenize_unpaired`) encodes prompt and completion separately and
 concatenates the token ids (they are never decoded and re-encoded); prompts are truncated from the left (the
@@ -32,8 +36,10 @@ end of a dialogue is what the reply answers), completions from the right.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +128,7 @@ def load_preferences(
 ) -> PreferenceData:
     """Read and check a preference file (``.jsonl`` or ``.jsonl.gz``, or a built-in name such as
     ``hh_harmless_512``). ``format`` forces one of ``text``, ``messages``, ``hh``, ``unpaired`` instead of
-    detecting it from the first row.
+    taking the format most rows have.
 
     strict=True: raises DataError listing every bad row (file:line) if there is any. strict=False: bad rows are
     skipped and their problems returned in ``PreferenceData.problems``. A missing file, an unknown format or a
@@ -133,31 +139,60 @@ def load_preferences(
     path_str = str(path)
     if format is not None and format not in FORMATS:
         raise DataError(f"unknown preference format {format!r}; expected one of {FORMATS}")
-    detected = format
-
-    def parse(obj: Any, where: str):
-        nonlocal detected  # the file's first object decides its format; every row is checked against it
-        if not isinstance(obj, dict):
-            return None, [f"expected a JSON object, got {_json_type(obj)}"]
-        if detected is None:
-            detected = detect_format(obj)
-        return _PARSERS[detected](obj, where)
-
-    rows, problems = read_rows(path, parse)
+    # Every line is read before any is checked: the file's format is decided by all of its rows.
+    values, problems = read_rows(path, lambda value, where: ((where, value), []))
+    looks = [_looks_like(value) if isinstance(value, dict) else None for _, value in values]
+    counts = Counter(fmt for fmt, _ in filter(None, looks))
+    # most_common orders equal counts by first occurrence, so a tie keeps the format seen first
+    file_format = format or (counts.most_common(1)[0][0] if counts else "text")
+    file_is = f"format={format!r} was given" if format else f"{counts[file_format]} of {counts.total()} rows"
+    rows, row_problems = [], []
+    for (where, value), look in zip(values, looks, strict=True):
+        row, bad = _check_row(value, where, file_format, look, file_is)
+        if bad:
+            row_problems.append(f"{where}: {'; '.join(bad)}")
+        else:
+            rows.append(row)
+    problems = _in_file_order(path_str, problems, row_problems)
     if problems and (strict or not rows):
         raise DataError(_summary(path_str, problems), problems)
-    return PreferenceData(rows=rows, format=detected or "text", path=path_str, problems=problems)
+    return PreferenceData(rows=rows, format=file_format, path=path_str, problems=problems)
 
 
 def detect_format(row: dict[str, Any]) -> str:
-    """The format a row looks like (see the module docstring); the whole file is then checked against it."""
+    """The format a row looks like (see the module docstring)."""
+    return _looks_like(row)[0]
+
+
+def _looks_like(row: dict[str, Any]) -> tuple[str, str]:
+    """The format a row looks like and why (the reason is quoted in the message of a row that is out of place)."""
     if "completion" in row or "label" in row:
-        return "unpaired"
-    if isinstance(row.get("chosen"), list) or isinstance(row.get("prompt"), list):
-        return "messages"
+        return "unpaired", "has 'completion'" if "completion" in row else "has 'label'"
+    for key in ("chosen", "prompt"):
+        if isinstance(row.get(key), list):
+            return "messages", f"'{key}' is a message list"
     if "prompt" in row:
-        return "text"
-    return "hh"
+        return "text", "has a 'prompt' field"
+    return "hh", "no 'prompt' field"
+
+
+def _check_row(value: Any, where: str, file_format: str, look: tuple[str, str] | None, file_is: str):
+    """``(row, problems)`` of one value checked against the file's format. A row that fails the check and looks
+    like another format gets one problem saying so: the failed field checks of a format the row is not in
+    would only mislead. (One that passes is kept, e.g. a text pair with an extra ``label`` field.)"""
+    if not isinstance(value, dict):
+        return None, [f"expected a JSON object, got {_json_type(value)}"]
+    row, problems = _PARSERS[file_format](value, where)
+    if problems and look is not None and look[0] != file_format:
+        row_format, why = look
+        return None, [f"this row is in {row_format!r} format ({why}) but the file is {file_format!r} ({file_is}); "
+                      f"one format per file"]
+    return row, problems
+
+
+def _in_file_order(name: str, *problem_lists: list[str]) -> list[str]:
+    """Problem lists, each already in file order and each problem starting ``name:line: ``, merged into one."""
+    return list(heapq.merge(*problem_lists, key=lambda p: int(p[len(name) + 1:].partition(":")[0])))
 
 
 def _string_problems(row: dict[str, Any], key: str, *, allow_empty: bool = False) -> list[str]:
@@ -210,7 +245,7 @@ def _parse_text(row: dict[str, Any], where: str):
 def _parse_hh(row: dict[str, Any], where: str):
     problems = [p for key in ("chosen", "rejected") for p in _string_problems(row, key)]
     if "prompt" in row:
-        problems.append("has 'prompt' but the file's first row was an HH transcript (chosen/rejected only)")
+        problems.append("has 'prompt' (an HH transcript row has only 'chosen' and 'rejected')")
     extras, extra_problems = _extras(row)
     problems += extra_problems
     if problems:

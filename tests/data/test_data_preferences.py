@@ -194,7 +194,7 @@ def test_rows_that_do_not_match_the_detected_format(tmp_path):
     data = load_preferences(f, strict=False)
     assert data.format == "hh" and len(data.rows) == 1
     assert [p.split(": ")[0] for p in data.problems] == [f"{f}:2", f"{f}:3", f"{f}:4"]
-    assert "has 'prompt'" in data.problems[0]
+    assert "this row is in 'text' format (has a 'prompt' field) but the file is 'hh' (3 of 4 rows)" in data.problems[0]
     assert "no '\\n\\nAssistant:' turn" in data.problems[1]
     assert "do not share the dialogue" in data.problems[2]
 
@@ -240,3 +240,65 @@ def test_fingerprint_changes_with_token_ids_and_settings(tmp_path, tok):
     assert data_fingerprint(a) == data_fingerprint(list(a))
     assert data_fingerprint(a) != data_fingerprint(b)
     assert data_fingerprint(a, "x") != data_fingerprint(a, "y")
+
+
+# ------------------------------------------------------------------------------------------ mixed formats
+
+HH_ROW = {"chosen": "\n\nHuman: a" + HH_ASSISTANT + " b", "rejected": "\n\nHuman: a" + HH_ASSISTANT + " c"}
+TEXT_ROW = {"prompt": "p", "chosen": "x", "rejected": "y"}
+
+
+def test_an_hh_first_row_in_a_text_file_is_the_only_row_reported(tmp_path):
+    f = write_jsonl(tmp_path / "data.jsonl", [HH_ROW, TEXT_ROW, TEXT_ROW])
+    with pytest.raises(DataError) as err:
+        load_preferences(f)
+    assert err.value.problems == [
+        f"{f}:1: this row is in 'hh' format (no 'prompt' field) but the file is 'text' (2 of 3 rows); "
+        f"one format per file"
+    ]
+    data = load_preferences(f, strict=False)
+    assert data.format == "text" and [r.source for r in data.rows] == [f"{f}:2", f"{f}:3"]
+    assert data.problems == err.value.problems
+
+
+def test_a_text_row_in_a_mostly_hh_file_is_reported_as_text(tmp_path):
+    f = write_jsonl(tmp_path / "hh.jsonl", [TEXT_ROW, HH_ROW, "{not json", HH_ROW, HH_ROW])
+    data = load_preferences(f, strict=False)
+    assert data.format == "hh" and len(data.rows) == 3
+    assert [p.split(": ")[0] for p in data.problems] == [f"{f}:1", f"{f}:3"]  # still in file order
+    assert data.problems[0] == (f"{f}:1: this row is in 'text' format (has a 'prompt' field) but the file is "
+                                f"'hh' (3 of 4 rows); one format per file")
+
+
+def test_rows_of_other_formats_say_why_they_look_like_them(tmp_path):
+    user, reply = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "a"}
+    f = write_jsonl(tmp_path / "t.jsonl", [
+        TEXT_ROW, TEXT_ROW, TEXT_ROW,
+        {"chosen": [user, reply], "rejected": [user, {"role": "assistant", "content": "b"}]},  # 4 messages
+        {"prompt": "Q", "completion": "a", "label": True},                                   # 5 unpaired
+        {"prompt": "Q", "chosen": "x", "rejected": "y", "label": "meta"},  # 6 fits the file: kept
+    ])
+    data = load_preferences(f, strict=False)
+    assert data.format == "text" and [r.source for r in data.rows] == [f"{f}:{n}" for n in (1, 2, 3, 6)]
+    assert "this row is in 'messages' format ('chosen' is a message list) but the file is 'text'" in data.problems[0]
+    assert "this row is in 'unpaired' format (has 'completion') but the file is 'text'" in data.problems[1]
+
+
+def test_a_forced_format_checks_every_row_against_it(tmp_path):
+    f = write_jsonl(tmp_path / "mostly_hh.jsonl", [TEXT_ROW, HH_ROW, HH_ROW])
+    with pytest.raises(DataError) as err:
+        load_preferences(f, format="text")
+    message = "this row is in 'hh' format (no 'prompt' field) but the file is 'text' (format='text' was given)"
+    assert [p.split(": ")[0] for p in err.value.problems] == [f"{f}:2", f"{f}:3"]
+    assert all(message in p for p in err.value.problems)
+    data = load_preferences(f, format="text", strict=False)
+    assert data.format == "text" and [r.source for r in data.rows] == [f"{f}:1"] and len(data.problems) == 2
+
+
+def test_a_tie_keeps_the_first_rows_format(tmp_path):
+    f = write_jsonl(tmp_path / "tie.jsonl", ["[1]", TEXT_ROW, HH_ROW, HH_ROW, TEXT_ROW])
+    data = load_preferences(f, strict=False)
+    assert data.format == "text" and [r.source for r in data.rows] == [f"{f}:2", f"{f}:5"]
+    assert data.problems[0] == f"{f}:1: expected a JSON object, got array"
+    assert [p.split(": ")[0] for p in data.problems[1:]] == [f"{f}:3", f"{f}:4"]
+    assert all("in 'hh' format" in p and "the file is 'text' (2 of 4 rows)" in p for p in data.problems[1:])
