@@ -18,15 +18,17 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import signal
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
 from rlxf import __version__
-from rlxf.config import Entry, UserError, build_config, config_help, config_to_yaml
+from rlxf.config import Entry, UserError, build_config, config_help, config_to_yaml, parse_override
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 _HELP = ("-h", "--help")
@@ -48,11 +50,12 @@ class _Kind(NamedTuple):
 
 _KINDS = {
     "train": _Kind("recipe", "rlxf.recipes", "RECIPES", "RLXF_EXTRA_RECIPES",
-                   ("rlxf train grpo lr=2e-5 time_budget_s=600", "rlxf train grpo resume=runs/grpo-xxxx")),
+                   ("rlxf train grpo lr=2e-5 time_budget_s=600",
+                    "rlxf train grpo resume=runs/grpo-xxxx max_steps=200")),
     "eval": _Kind("eval", "rlxf.eval", "EVALS", "RLXF_EXTRA_EVALS",
                   ("rlxf eval arithmetic model=runs/grpo-xxxx/final",)),
 }
-_COMMANDS = (*_KINDS, "list")
+_COMMANDS = (*_KINDS, "list", "status")
 
 MAIN_HELP = """\
 usage: rlxf <command> [args]
@@ -64,6 +67,7 @@ commands:
   train <recipe> [PRESET.yaml] [key=value ...]   train with a recipe (see `rlxf list`)
   eval <name> [PRESET.yaml] [key=value ...]      evaluate a policy or reward model
   list                                           recipes, objectives, feedback sources and evals
+  status <run dir>                               a run's state: running, dead (its process is gone), complete, ...
 
 examples:
   rlxf list                                      # what can be trained and evaluated
@@ -72,7 +76,8 @@ examples:
   rlxf train grpo lr=2e-5 time_budget_s=600      # override config keys
   rlxf train dpo loss.beta=0.2                   # set one key of a dict-valued key (a loss hyperparameter)
   rlxf train grpo my.yaml seed=1                 # your preset over the recipe's, then overrides
-  rlxf train grpo resume=runs/grpo-xxxx          # continue an interrupted run where it stopped
+  rlxf train grpo resume=runs/grpo-xxxx          # continue a run where it stopped, with its own config
+  rlxf train grpo resume=runs/grpo-xxxx max_steps=2000   # ... and a larger budget (only budgets may change)
   rlxf train grpo --dry-run                      # print the resolved config (a valid preset) and exit
   rlxf eval arithmetic model=runs/grpo-xxxx/final
 
@@ -171,7 +176,7 @@ def _examples(command: str, name: str, config_cls: type) -> list[tuple[str, str]
     if values:
         examples.append((f"{base} {' '.join(values)}", "override config keys"))
     if "resume" in fields:
-        examples.append((f"{base} resume=runs/{name}-xxxx", "continue an interrupted run"))
+        examples.append((f"{base} resume=runs/{name}-xxxx", "continue a run with its own config (budgets may change)"))
     if "model" in fields:
         examples.append((f"{base} model=runs/grpo-xxxx/final", "use a trained checkpoint"))
     examples.append((f"{base} my.yaml --dry-run", "print the resolved config (a valid preset) and exit"))
@@ -236,7 +241,11 @@ def _run_entry(command: str, args: Sequence[str]) -> int:
     entry = _find_entry(command, name)
     preset, overrides, flags = _split_args(command, name, rest)
     module = _import_entry(entry, name)
-    presets = [p for p in (_entry_preset(entry), preset) if p is not None]
+    resume = _resume_dir(overrides)
+    # A resumed run starts from its own config.yaml, not the recipe's preset: only what the user states changes it
+    # (and the recipe refuses changes that would make it another run).
+    first = _run_config(resume) if resume is not None else _entry_preset(entry)
+    presets = [p for p in (first, preset) if p is not None]
     cfg = build_config(module.Config, presets, overrides)
     if "help" in flags:
         print(_entry_help(command, name, entry, module.Config, cfg, presets))
@@ -246,6 +255,23 @@ def _run_entry(command: str, args: Sequence[str]) -> int:
         # Recipes print their own human summary and write summary.json; the returned dict is for Python callers.
         module.run(cfg)
     return 0
+
+
+def _resume_dir(overrides: Sequence[str]) -> str | None:
+    """The run directory of the last ``resume=DIR`` among ``overrides`` (None when absent or null)."""
+    resume = None
+    for item in overrides:
+        key, text = parse_override(item)
+        if key == "resume":
+            resume = None if text.strip().lower() in ("", "null", "none", "~") else text.strip()
+    return resume
+
+
+def _run_config(run_dir: str) -> Path:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CLIError(f"cannot resume {run_dir}: no config.yaml there (is it a run directory?)")
+    return path
 
 
 def _objective_summary(fn) -> str:
@@ -274,6 +300,23 @@ def _cmd_list(args: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_status(args: Sequence[str]) -> int:
+    if not args or args[0] in _HELP:
+        print("usage: rlxf status <run dir>\n\nthe run's state (running, dead: its process is gone without a word, "
+              "complete, stopped, interrupted, failed), step and reason, from its status.json")
+        return 0
+    if len(args) != 1:
+        raise CLIError(f"'rlxf status' takes one run directory, got {' '.join(args)!r}")
+    state = importlib.import_module("rlxf.runs.run_dir").run_state(args[0])
+    if state["status"] is None:
+        raise CLIError(f"{args[0]} has no status.json (is it a run directory?)")
+    details = {k: state[k] for k in ("step", "reason", "error", "resume_from", "pid", "host") if state.get(k)}
+    heartbeat = state.get("heartbeat")
+    ago = f", last heartbeat {time.time() - heartbeat:.0f} s ago" if isinstance(heartbeat, int | float) else ""
+    print(f"{args[0]}: {state['state']}{ago}; " + ", ".join(f"{k} {v}" for k, v in details.items()))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -298,6 +341,8 @@ def _dispatch(args: list[str]) -> int:
         return _run_entry(command, rest)
     if command == "list":
         return _cmd_list(rest)
+    if command == "status":
+        return _cmd_status(rest)
     hint = _did_you_mean(command, _COMMANDS) or f"; commands: {', '.join(_COMMANDS)}"
     raise CLIError(f"unknown command '{command}'{hint}")
 
@@ -333,9 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into a reader that stopped early (`rlxf list | head`): not an error worth a trace.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM while a run trains (rlxf.runs.Terminated)
         print("rlxf: interrupted (runs with checkpoints continue with resume=<run dir>)", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", signal.SIGINT)
     except Exception as e:
         message = _user_error(e)
         if message is None:

@@ -58,7 +58,8 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin, get_ty
 
 import yaml
 
-__all__ = ["ConfigError", "Entry", "UserError", "build_config", "coerce_value", "config_from_yaml", "config_help", "config_to_yaml",
+__all__ = ["ConfigError", "Entry", "UserError", "build_config", "check_config", "coerce_value", "config_from_yaml",
+           "config_help", "config_to_yaml",
            "option", "parse_override"]
 
 # Spellings of booleans accepted from YAML files and the command line, compared lower-cased.
@@ -90,22 +91,70 @@ class Entry:
     summary: str
 
 
-def option(default: Any, help: str, *, choices: Iterable[Any] | None = None) -> Any:
-    """A config field: ``default``, a ``help`` text (shown by ``--help`` and in saved YAML) and optional
-    ``choices`` (values outside them are rejected, each list element for list fields).
+def option(default: Any, help: str, *, choices: Iterable[Any] | None = None, ge: float | None = None,
+           gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A config field: ``default``, a ``help`` text (shown by ``--help`` and in saved YAML), optional
+    ``choices`` (values outside them are rejected, each list element for list fields) and an optional range
+    ``ge``/``gt``/``le``/``lt`` (>=, >, <=, <) for numbers. A float value must also be finite, whatever its range
+    (``lr=inf`` or ``lr=nan`` is refused). :func:`check_config` enforces all of it.
 
     Mutable defaults (list, dict, set) become a ``default_factory`` returning a fresh copy, so instances
-    never share them. Raises ``ValueError`` at class definition when the default is not among ``choices``.
+    never share them. Raises ``ValueError`` at class definition when the default is not among ``choices`` or
+    outside the range.
     """
     if choices is not None:
         choices = tuple(choices)
         for value in default if isinstance(default, list | tuple) else [default]:
             if value is not None and value not in choices:
                 raise ValueError(f"option default {value!r} is not one of the choices {choices!r}")
-    metadata = {"help": help, "choices": choices}
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    for value in default if isinstance(default, list | tuple) else [default]:
+        problem = _range_problem(value, bounds)
+        if problem:
+            raise ValueError(f"option default {value!r} {problem}")
+    metadata = {"help": help, "choices": choices, "bounds": bounds}
     if isinstance(default, list | dict | set):
         return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_BOUND_HOLDS = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b,
+                "lt": lambda v, b: v < b}
+
+
+def _range_problem(value: Any, bounds: Mapping[str, float]) -> str | None:
+    """Why a number breaks its field's rule (finite; within ``bounds``), or None. Non-numbers pass (their type
+    is the coercers' business)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    broken = [f"{_BOUND_TEXT[k]} {_format_number(b)}" for k, b in bounds.items() if not _BOUND_HOLDS[k](value, b)]
+    return f"must be {' and '.join(broken)}" if broken else None
+
+
+def _format_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _bounds_text(spec: _Spec) -> str:
+    """``>= 0``, ``> 0 and < 1``: a field's range as the help table shows it (empty without one)."""
+    bounds = spec.field.metadata.get("bounds", {})
+    return " and ".join(f"{_BOUND_TEXT[k]} {_format_number(b)}" for k, b in bounds.items())
+
+
+def check_config(cfg: Any) -> None:
+    """Raise a one-line :class:`ConfigError` for the first field of the dataclass instance ``cfg`` whose value
+    breaks its :func:`option` rule: a non-finite float, or a number outside the field's range (each element of a
+    list field). Called by :func:`build_config`, and by configs' ``__post_init__`` so that configs made in Python
+    are checked too."""
+    for spec in _specs(type(cfg)).values():
+        value = getattr(cfg, spec.name)
+        for item in value if isinstance(value, list | tuple) else [value]:
+            problem = _range_problem(item, spec.field.metadata.get("bounds", {}))
+            if problem:
+                raise ConfigError(f"bad value for '{spec.name}': {problem}, got {item!r}")
 
 
 class _Spec(NamedTuple):
@@ -469,11 +518,13 @@ def build_config(cls: type, preset: str | Path | Sequence[str | Path] | None = N
     if missing:
         raise ConfigError(f"missing required config key(s) {', '.join(missing)}; set them with key=value")
     try:
-        return cls(**values)
+        cfg = cls(**values)
     except ConfigError:
         raise
     except ValueError as e:
         raise ConfigError(f"invalid {cls.__name__}: {' '.join(str(e).split())}") from None
+    check_config(cfg)
+    return cfg
 
 
 def config_from_yaml(cls: type, path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Any:
@@ -511,6 +562,8 @@ def config_to_yaml(cfg: Any, *, recipe: str | None = None) -> str:
         choices = _choices(spec)
         if choices:
             lines.append("# choices: " + ", ".join(_format_value(c) for c in choices))
+        if _bounds_text(spec):
+            lines.append(f"# range: {_bounds_text(spec)}")
         value = _plain(getattr(cfg, spec.name))
         # Flow style keeps a collection on its key's line: [1, 2], {beta: 0.1}.
         flow = isinstance(value, list | dict)
@@ -554,7 +607,8 @@ def config_help(cls_or_cfg: Any, *, width: int = 110) -> str:
             default = "(required)" if spec.required else _format_value(spec.default())
         choices = _choices(spec)
         listed = "One of: " + ", ".join(_format_value(c) for c in choices) if choices else ""
-        help_text = " ".join(f"{spec.help} {listed}".split())
+        bounds = f"Range: {_bounds_text(spec)}." if _bounds_text(spec) else ""
+        help_text = " ".join(f"{spec.help} {listed} {bounds}".split())
         rows.append((spec.name, _type_name(spec.type, short=True), default, help_text))
     name_w = max(len(r[0]) for r in rows)
     type_w = min(max(len(r[1]) for r in rows), 16)

@@ -49,7 +49,7 @@ from rlxf.feedback.pairwise import validate_preferences
 from rlxf.feedback.reward_model import load as load_reward_model
 from rlxf.models import load_policy
 from rlxf.models.logps import sequence_logps
-from rlxf.runs import RunDir
+from rlxf.runs import RunDir, check_run_name
 
 LLMBAR_SUBSETS = (
     "natural",
@@ -411,9 +411,11 @@ class Config:
     n_bins: int = option(10, "Equal-width bins of [0.5, 1] for the expected calibration error.")
     tie_tol: float = option(0.0, "A pair is a tie when |margin| <= tie_tol.")
     output_dir: str = option("runs", "Parent directory of the run directory.")
-    run_name: str | None = option(None, "Run directory name (default: rm-eval-<timestamp>).")
+    run_name: str | None = option(None, "Run directory name, a plain name (default: rm-eval-<timestamp>).")
 
     def __post_init__(self):
+        if self.run_name is not None:
+            check_run_name(self.run_name)
         if self.max_per_subset is not None and self.max_per_subset < 1:
             raise ValueError(f"max_per_subset must be >= 1 or null, got {self.max_per_subset}")
         if self.batch_size < 1 or self.n_bins < 1 or self.tie_tol < 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -103,7 +104,38 @@ def resolve_hyperparameters(fn: Callable, given: Mapping[str, Any]) -> dict[str,
             resolved[key] = default
         else:
             resolved[key] = coerce_value(given[key], hint, f"for 'loss.{key}' of objective {sig.name!r}")
+        problem = _hyperparameter_problem(fn, key, resolved[key])
+        if problem:
+            raise ConfigError(f"bad value for 'loss.{key}' of objective {sig.name!r}: {problem}, "
+                              f"got {resolved[key]!r}")
     return resolved
+
+
+# Domains of hyperparameters that mean the same thing in every loss that takes them: (low, low inclusive).
+# `beta` scales a preference loss's implicit reward (0 would make every loss constant) but weighs the online
+# losses' KL term, where 0 means "no KL".
+_LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
+    "clip_eps": (0.0, False), "clip_eps_high": (0.0, False), "dual_clip": (1.0, False), "tau": (0.0, False),
+    "epsilon": (0.0, True), "desirable_weight": (0.0, True), "undesirable_weight": (0.0, True), "k": (1.0, True),
+    "bc_weight": (0.0, True), "gamma": (0.0, True), "lambda_": (0.0, True), "lam": (0.0, True),
+}
+
+
+def _hyperparameter_problem(fn: Callable, key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be ``fn``'s hyperparameter ``key`` (non-finite, or outside its domain), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if key == "beta":
+        online = getattr(fn, "kind", None) == "policy_gradient"
+        return None if (value >= 0 if online else value > 0) else f"must be {'>=' if online else '>'} 0"
+    if key == "epsilon" and not value < 0.5:
+        return "must be < 0.5 (the probability that a pair's label is flipped)"
+    low = _LOWER_BOUNDS.get(key)
+    if low is not None and not (value >= low[0] if low[1] else value > low[0]):
+        return f"must be {'>=' if low[1] else '>'} {low[0]:g}"
+    return None
 
 
 def call_loss(fn: Callable, tensors: Mapping[str, Tensor | None], hyperparameters: Mapping[str, Any]) -> LossOutput:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from rlxf import runs
-from rlxf.config import ConfigError, config_to_yaml, option
+from rlxf.config import ConfigError, option
 from rlxf.data import DataError, batch_for_step, make_batches, padding_slots
 from rlxf.data.preferences import data_fingerprint, load_preference_split
 from rlxf.eval.plots import plot_preference_run
@@ -63,6 +63,9 @@ CACHE_VERSION = 3
 class OfflineConfig(runs.ResumableRunOptions, runs.OptimizerOptions):
     """Offline preference optimisation on a fixed data set (the fields every offline recipe shares)."""
 
+    # the batches are fixed, so more epochs on resume continue the same order
+    RESUME_CHANGEABLE = (*runs.ResumableRunOptions.RESUME_CHANGEABLE, "epochs")
+
     # what to train
     model: str = option("smollm2", "Policy (and reference): 'smollm2', 'tiny' (test model) or a directory.")
     data: str = option(
@@ -71,27 +74,27 @@ class OfflineConfig(runs.ResumableRunOptions, runs.OptimizerOptions):
         "unpaired prompt/completion/label rows; 'hh_harmless_512' = 512 HH-RLHF harmless pairs shipped with rlxf.",
     )
     eval_data: str | None = option(None, "Held-out preference file; default: split eval_fraction off `data`.")
-    eval_fraction: float = option(0.1, "Held-out share of `data` when eval_data is not given.")
-    eval_size: int = option(0, "Held-out pairs (overrides eval_fraction when > 0).")
+    eval_fraction: float = option(0.1, "Held-out share of `data` when eval_data is not given.", ge=0, lt=1)
+    eval_size: int = option(0, "Held-out pairs (overrides eval_fraction when > 0).", ge=0)
     split_seed: int = option(0, "Seed of the held-out split (eval_rows.json in the run lists the rows).")
     strict: bool = option(True, "Stop on any bad data row (false: skip and count them).")
-    max_prompt_tokens: int = option(256, "Prompts longer than this lose tokens from the left.")
-    max_completion_tokens: int = option(128, "Completions longer than this lose tokens from the right.")
+    max_prompt_tokens: int = option(256, "Prompts longer than this lose tokens from the left.", ge=1)
+    max_completion_tokens: int = option(128, "Completions longer than this lose tokens from the right.", ge=1)
     # the algorithm
     objective: str = option("dpo", "Loss by name (see `rlxf list`).")
     loss: dict[str, Any] = option(
         {}, "Loss hyperparameters, loss.<name>=value (e.g. loss.beta=0.1): keyword arguments of the objective's "
             "function, checked against it; unset ones take the function's defaults (config.yaml records all).")
     # optimisation
-    batch_size: int = option(8, "Rows (pairs, or KTO's completions) per optimizer step.")
-    micro_batch_size: int = option(0, "Rows per forward/backward (0 = the whole batch); exact accumulation.")
-    epochs: int = option(1, "Passes over the training rows (used when max_steps = 0).")
-    max_steps: int = option(0, "Stop after this many optimizer steps (0 = epochs x batches per epoch).")
-    lr: float = option(5e-6, "Learning rate (AdamW; constant after warmup).")
+    batch_size: int = option(8, "Rows (pairs, or KTO's completions) per optimizer step.", ge=1)
+    micro_batch_size: int = option(0, "Rows per forward/backward (0 = the whole batch); exact accumulation.", ge=0)
+    epochs: int = option(1, "Passes over the training rows (used when max_steps = 0).", ge=1)
+    max_steps: int = option(0, "Stop after this many optimizer steps (0 = epochs x batches per epoch).", ge=0)
+    lr: float = option(5e-6, "Learning rate (AdamW; constant after warmup).", gt=0)
     precision: Literal["auto", "bf16", "fp32"] = option(
         "auto", "Forward/backward (and reference) precision: bf16 autocast or fp32; auto = bf16 where faster."
     )
-    bucket_window: int = option(32, "Sort by length within windows of this many batches (1 = no bucketing).")
+    bucket_window: int = option(32, "Sort by length within windows of this many batches (1 = no bucketing).", ge=1)
     gradient_checkpointing: bool = option(
         False, "Keep only each decoder layer's input and rerun the layer in backward: less memory, ~1/3 more "
                "compute (packed and transformers paths alike).")
@@ -99,15 +102,15 @@ class OfflineConfig(runs.ResumableRunOptions, runs.OptimizerOptions):
         True, "Run plain Llama models (SmolLM2) through rlxf.models.packed: no padding, leaner activations, same "
               "maths; false = the transformers modules (other architectures and LoRA always use them).")
     # LoRA
-    lora_r: int = option(0, "LoRA rank (0 = full fine-tuning). The reference is then the model, adapters off.")
-    lora_alpha: float = option(16.0, "LoRA alpha (scaling alpha / r).")
-    lora_dropout: float = option(0.0, "LoRA dropout.")
+    lora_r: int = option(0, "LoRA rank (0 = full fine-tuning). The reference is then the model, adapters off.", ge=0)
+    lora_alpha: float = option(16.0, "LoRA alpha (scaling alpha / r).", gt=0)
+    lora_dropout: float = option(0.0, "LoRA dropout.", ge=0, lt=1)
     lora_targets: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], "Modules that get LoRA adapters.")
     # reference cache, budget and evaluation
     ref_cache: bool = option(True, "Cache reference log-probs on disk under the rlxf cache ($RLXF_CACHE).")
-    time_budget_s: float = option(0.0, "Stop at the first step end after this much training time. 0 = none.")
-    eval_every: int = option(25, "Held-out evaluation every N steps (0 = only before and after training).")
-    eval_batch_size: int = option(16, "Pairs per forward in evaluation and reference passes.")
+    time_budget_s: float = option(0.0, "Stop at the first step end after this much training time. 0 = none.", ge=0)
+    eval_every: int = option(25, "Held-out evaluation every N steps (0 = only before and after training).", ge=0)
+    eval_batch_size: int = option(16, "Pairs per forward in evaluation and reference passes.", ge=1)
 
 
 # ----------------------------------------------------------------------------------------------- the trainer
@@ -136,8 +139,6 @@ class OfflineTrainer(ABC):
         self.hyperparameters = resolve_hyperparameters(self.objective, c.loss)
         self.config = c = replace(c, loss=self.hyperparameters)  # config.yaml records every value used
         self.tensor_names = self._tensor_names()
-        if c.micro_batch_size < 0 or c.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1 and micro_batch_size >= 0")
         # beta of the implicit reward beta * log(pi/pi_ref) the evaluation reports: the loss's own, else 0.1
         self.beta = self.hyperparameters.get("beta", 0.1)
 
@@ -357,11 +358,13 @@ class OfflineTrainer(ABC):
 
 def run(config: OfflineConfig, trainer_cls: type[OfflineTrainer]) -> dict[str, Any]:
     """Train with ``trainer_cls``; returns a summary dict (also written to ``<run>/summary.json``)."""
-    config = runs.resolve_resume(config, extendable=("max_steps", "time_budget_s", "progress", "plots"))
+    config = runs.resolve_resume(config)
+    name = f"{config.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not config.resume:
+        runs.check_new_run_dir(config, name)
     trainer = trainer_cls(config)  # validates data, loads the model, reference log-probs: nothing on disk yet
     c = trainer.config
-    name = f"{c.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = runs.open_run_dir(trainer, config_to_yaml(c, recipe=trainer.COMMAND), default_name=name)
+    run_dir = runs.open_run_dir(trainer, runs.run_config_yaml(c, recipe=trainer.COMMAND), default_name=name)
     if not c.resume:
         (run_dir.path / "eval_rows.json").write_text(json.dumps(trainer.data.eval_sources, indent=0))
     d = trainer.data
@@ -380,7 +383,8 @@ def _loop(trainer: OfflineTrainer, run_dir: runs.RunDir) -> dict[str, Any]:
         print(f"held-out before training: {format_preference_eval(trainer.evals[-1])}")
     tokens_per_s: list[float] = []
     with runs.StepLoop(trainer, max_steps=trainer.max_steps, time_budget_s=c.time_budget_s,
-                       max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective) as loop:
+                       max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective,
+                       run_dir=run_dir) as loop:
         while loop.running():
             t0 = time.perf_counter()
             metrics = trainer.train_step(batch_for_step(trainer.batches, trainer.step, c.seed))
@@ -397,20 +401,20 @@ def _loop(trainer: OfflineTrainer, run_dir: runs.RunDir) -> dict[str, Any]:
                 e = trainer.evaluate()
                 record.update({f"heldout_{k}": e[k] for k in ("accuracy", "margin", "ranking_accuracy",
                                                                 "chosen_logps", "rejected_logps")})
-            if (c.save_every and trainer.step % c.save_every == 0) or loop.stopping:
-                trainer.save(run_dir)
             run_dir.log(record)
+            if (c.save_every and trainer.step % c.save_every == 0) or loop.stopping:
+                runs.save_run_checkpoint(trainer, run_dir, keep=c.keep_checkpoints)
             loop.show(f"loss {record.get('loss', math.nan):.4f}")
             if loop.stopping:
                 break
     if loop.stop_reason == "nonfinite":
-        runs.mark_nonfinite_stop(run_dir, step=trainer.step, max_nonfinite_steps=c.max_nonfinite_steps,
-                                 command=trainer.COMMAND)
+        runs.mark_stopped(run_dir, step=trainer.step, reason=runs.nonfinite_reason(c.max_nonfinite_steps),
+                          command=trainer.COMMAND)
         return {"status": "stopped", "step": trainer.step, "nonfinite_steps": trainer.nonfinite_total}
 
     if trainer.data.eval and (not trainer.evals or trainer.evals[-1]["step"] != trainer.step):
         trainer.evaluate()
-    trainer.save(run_dir)
+    runs.save_run_checkpoint(trainer, run_dir, keep=c.keep_checkpoints)
     save_policy_or_merged(trainer.model, trainer.tokenizer, run_dir.final)
     if c.plots:
         plot_preference_run(run_dir.read_metrics(), trainer.evals, run_dir.plots)

@@ -30,10 +30,13 @@ Exact shortcuts (each keeps the gradient identical to the plain computation):
 """
 from __future__ import annotations
 
+import difflib
 import functools
+import json
 import math
 import random
 import statistics
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,12 +46,12 @@ import numpy as np
 import torch
 
 from rlxf import runs
-from rlxf.config import ConfigError, config_to_yaml, option
+from rlxf.config import ConfigError, option
 from rlxf.data import DataError, arithmetic_rows, encode_prompts, load_prompts, rows_for_step
 from rlxf.distributed import LocalExecutor, OnlineStages, StepResult
 from rlxf.eval.accuracy import evaluate_accuracy, format_accuracy
 from rlxf.eval.plots import plot_run
-from rlxf.feedback import finite_mask, make_feedback_from_spec
+from rlxf.feedback import FeedbackError, FeedbackSourceFailed, finite_mask, make_feedback_from_spec, row_problems
 from rlxf.models import load_policy, save_policy
 from rlxf.models.layout import use_kn_layout
 from rlxf.models.precision import bf16_is_faster
@@ -56,6 +59,7 @@ from rlxf.ops import ADVANTAGE_ESTIMATORS
 from rlxf.recipes.learner import Learner, train_on
 from rlxf.recipes.stages import group_advantages, sample, score
 from rlxf.rollout import TransformersGenerator
+from rlxf.types import Scores
 
 
 @dataclass
@@ -76,7 +80,7 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
     )
     train_seed: int = option(1, "Seed of the arithmetic training pool (the anchor uses 1).")
     eval_seed: int = option(12345, "Seed of the arithmetic held-out set (the anchor uses 12345).")
-    eval_size: int = option(200, "Held-out problems for accuracy (arithmetic).")
+    eval_size: int = option(200, "Held-out problems for accuracy (arithmetic).", ge=0)
     # the algorithm
     objective: str = option("grpo", "Loss by name: grpo, rloo, ppo_clip, reinforce (see `rlxf list`).")
     loss: dict[str, Any] = option(
@@ -89,18 +93,24 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
               "it; the grpo preset sets token_mean, the token-level normalisation of DAPO and of TRL's default).")
     ppo_epochs: int = option(
         1, "Passes over each sampled batch, each in shuffled mini-batches of mini_batch_groups groups with one "
-           "optimizer update per mini-batch; old log-probs are the policy's before the first update. 1 = on-policy.")
-    mini_batch_groups: int = option(0, "Prompt groups per optimizer update (0 = all: one update per pass).")
+           "optimizer update per mini-batch; old log-probs are the policy's before the first update. 1 = on-policy.",
+        ge=1)
+    mini_batch_groups: int = option(0, "Prompt groups per optimizer update (0 = all: one update per pass).", ge=0)
     skip_zero_advantage: bool = option(
         True, "Leave groups with all-zero advantages out of the training forward (exact when the loss has no KL)."
     )
     # sampling
-    prompts_per_step: int = option(8, "Distinct prompts per optimizer step.")
-    samples_per_prompt: int = option(4, "Completions sampled per prompt (the group size G).")
-    max_new_tokens: int = option(32, "Longest completion during training.")
-    temperature: float = option(1.0, "Sampling temperature during training.")
+    prompts_per_step: int = option(8, "Distinct prompts per optimizer step.", ge=1)
+    samples_per_prompt: int = option(
+        4, "Completions sampled per prompt (the group size G; the group baselines need G >= 2).", ge=2)
+    max_new_tokens: int = option(32, "Longest completion during training.", ge=1)
+    max_prompt_tokens: int = option(
+        1024, "Longest prompt (chat template included) in tokens; a longer row is refused at load with its "
+              "file:line (as is one that leaves no room for max_new_tokens in the model's context).", ge=1)
+    temperature: float = option(1.0, "Sampling temperature during training.", gt=0)
     # optimisation
-    micro_batch_groups: int = option(0, "Prompt groups per forward/backward (0 = all at once); exact accumulation.")
+    micro_batch_groups: int = option(
+        0, "Prompt groups per forward/backward (0 = all at once); exact accumulation.", ge=0)
     precision: Literal["auto", "bf16", "fp32"] = option(
         "auto", "Training forward/backward: bf16 autocast or fp32; auto = bf16 where it is faster (CUDA, AMX CPUs)."
     )
@@ -109,25 +119,60 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
         "auto", "CPU linear-weight storage; kn (transposed) speeds up small-batch decoding. auto = kn on CPU."
     )
     # budget and evaluation
-    max_steps: int = option(1000, "Stop after this many optimizer steps.")
+    max_steps: int = option(1000, "Stop after this many optimizer steps.", ge=1)
     time_budget_s: float = option(
-        1200.0, "Stop at the first step end after this much training time (evaluation excluded). 0 = none."
-    )
-    eval_every: int = option(10, "Held-out greedy evaluation every N steps (0 = only before and after).")
-    eval_max_new_tokens: int = option(48, "Longest reply in held-out evaluation.")
-    eval_batch_size: int = option(100, "Prompts per evaluation batch.")
+        1200.0, "Stop at the first step end after this much training time (evaluation and checkpoints excluded). "
+                "0 = none.", ge=0)
+    eval_every: int = option(10, "Held-out greedy evaluation every N steps (0 = only before and after).", ge=0)
+    eval_max_new_tokens: int = option(48, "Longest reply in held-out evaluation.", ge=1)
+    eval_batch_size: int = option(100, "Prompts per evaluation batch.", ge=1)
     ref_kl_every: int = option(10, "Without a KL term in the loss, measure KL to the reference every N steps "
-                                   "(0 = never).")
+                                   "(0 = never).", ge=0)
+    max_feedback_failures: int = option(
+        20, "Stop (status stopped, resumable) after this many steps in a row with nothing to learn from: no finite "
+            "reward, or every group's rewards equal (0 = never). The first error of each kind is printed and kept "
+            "in summary.json.", ge=0)
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt == 1:  # the one setting in range that cannot learn: say why
+            raise ConfigError(f"samples_per_prompt=1 cannot learn: the advantage ({self.advantage}) compares each "
+                              f"completion with the others sampled for its prompt, so a group of one has advantage 0 "
+                              f"everywhere; use samples_per_prompt >= 2")
+        super().__post_init__()
+        if self.advantage not in ADVANTAGE_ESTIMATORS:
+            close = difflib.get_close_matches(self.advantage, list(ADVANTAGE_ESTIMATORS), n=1)
+            raise ConfigError(f"bad value for 'advantage': unknown estimator {self.advantage!r}"
+                              + (f"; did you mean {close[0]!r}?" if close else "")
+                              + f" (one of {', '.join(sorted(ADVANTAGE_ESTIMATORS))})")
 
 
-def _load_rows(config: Config) -> tuple[list[dict], list[dict]]:
-    """Training and held-out rows, validated before anything is created on disk."""
+# More characters than this per allowed prompt token cannot fit (BPE tokens are far shorter): such a row is refused
+# before any tokenizer sees it, so a 50 MB line is one error message, not an exhausted tokenizer.
+MAX_CHARS_PER_TOKEN = 64
+
+
+def _prompt_files(config: Config) -> list[str]:
+    return [p for p in (None if config.prompts == "arithmetic" else config.prompts, config.eval_prompts) if p]
+
+
+def _load_rows(config: Config, feedback: Any) -> tuple[list[dict], list[dict]]:
+    """Training and held-out rows, validated before anything is created on disk: each row's shape, what the
+    feedback needs from it (e.g. an integer ``answer`` for the arithmetic verifier) and a prompt of plausible
+    length, every problem reported as ``file:line``."""
+    max_chars = config.max_prompt_tokens * MAX_CHARS_PER_TOKEN
+
+    def check(row: dict) -> list[str]:
+        text = row.get("prompt") if isinstance(row.get("prompt"), str) else json.dumps(row.get("messages"))
+        too_long = [f"prompt of {len(text):,} characters cannot fit in max_prompt_tokens={config.max_prompt_tokens}"
+                    ] if len(text) > max_chars else []
+        return too_long + row_problems(feedback, row)
+
     if config.prompts == "arithmetic":
         train = arithmetic_rows(config.prompts_per_step * config.max_steps, seed=config.train_seed)
     else:
-        train = load_prompts(config.prompts)
+        train = load_prompts(config.prompts, check=check)
     if config.eval_prompts:
-        held_out = load_prompts(config.eval_prompts)
+        held_out = load_prompts(config.eval_prompts, check=check)
     elif config.prompts == "arithmetic":
         held_out = arithmetic_rows(config.eval_size, seed=config.eval_seed)
     else:
@@ -139,6 +184,23 @@ def _load_rows(config: Config) -> tuple[list[dict], list[dict]]:
     return train, held_out
 
 
+def _check_prompt_lengths(config: Config, tokenizer: Any, context_length: int | None) -> None:
+    """Refuse, with its ``file:line``, every prompt row whose chat-templated tokens exceed ``max_prompt_tokens`` or
+    leave no room for ``max_new_tokens`` in the model's context (the files are read again: rows carry no line)."""
+    limit = config.max_prompt_tokens
+    if context_length:
+        limit = min(limit, context_length - config.max_new_tokens)
+    why = (f"max_prompt_tokens={config.max_prompt_tokens}" if limit == config.max_prompt_tokens else
+           f"the model's context of {context_length} tokens less max_new_tokens={config.max_new_tokens}")
+
+    def check(row: dict) -> list[str]:
+        n = len(encode_prompts(tokenizer, [row])[0])
+        return [f"prompt of {n} tokens (chat template included) is longer than {limit}, {why}"] if n > limit else []
+
+    for path in _prompt_files(config):
+        load_prompts(path, check=check)
+
+
 class Trainer:
     """State of one run: the learner, the generator, the feedback and the data; ``run()`` below is the loop."""
 
@@ -146,17 +208,17 @@ class Trainer:
         c = config
         self.device = runs.resolve_device(c.device)
         runs.set_threads(c.threads)
-        if c.advantage not in ADVANTAGE_ESTIMATORS:
-            raise ConfigError(f"unknown advantage {c.advantage!r}; one of {sorted(ADVANTAGE_ESTIMATORS)}")
-        if c.ppo_epochs < 1 or c.mini_batch_groups < 0 or c.micro_batch_groups < 0:
-            raise ConfigError("ppo_epochs must be >= 1, mini_batch_groups and micro_batch_groups >= 0")
-        self.feedback = make_feedback_from_spec(c.feedback)
-        self.train_rows, self.eval_rows = _load_rows(c)
+        try:
+            self.feedback = make_feedback_from_spec(c.feedback)
+        except FeedbackError as exc:  # a misspelt name, a bad argument, a reward function that does not load
+            raise ConfigError(f"bad value for 'feedback': {exc}") from None
+        self.train_rows, self.eval_rows = _load_rows(c, self.feedback)
 
         random.seed(c.seed)
         np.random.seed(c.seed)
         torch.manual_seed(c.seed)
         model, self.tokenizer = load_policy(c.model, device=self.device, seed=c.seed)
+        _check_prompt_lengths(c, self.tokenizer, getattr(model.config, "max_position_embeddings", None))
         model.train()
         if c.weight_layout == "kn" or (c.weight_layout == "auto" and self.device.type == "cpu"):
             use_kn_layout(model)  # before the optimizer is built: parameters are replaced
@@ -187,6 +249,8 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self.evals: list[dict[str, Any]] = []
+        self.feedback_failures_in_row = 0
+        self.feedback_errors: dict[str, dict[str, Any]] = {}  # kind -> first message, step, count
         self.eval_prompt_ids = encode_prompts(self.tokenizer, self.eval_rows) if self.eval_rows else []
 
     @property
@@ -206,12 +270,27 @@ class Trainer:
         self.evals.append(record)
         return report
 
+    def note_feedback(self, scores: Scores, advantages: torch.Tensor) -> bool:
+        """Record the step's feedback failures (first message of each kind); whether the step had nothing to learn
+        from (no finite reward, or all advantages zero), counted in ``feedback_failures_in_row``."""
+        for kind, message in feedback_problems(scores):
+            seen = self.feedback_errors.setdefault(kind, {"first": message, "step": self.step, "count": 0})
+            seen["count"] += 1
+        nothing = not bool(finite_mask(scores).any()) or not bool(advantages.ne(0).any())
+        self.feedback_failures_in_row = self.feedback_failures_in_row + 1 if nothing else 0
+        return nothing
+
+    def note_feedback_failure(self, exc: Exception) -> None:
+        """Record a feedback source that gave up (:class:`~rlxf.feedback.FeedbackSourceFailed`)."""
+        self.feedback_errors.setdefault("failed", {"first": str(exc), "step": self.step, "count": 1})
+
     # -- persistence ------------------------------------------------------------------------------------
 
     def trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "data_position": self.step * self.config.prompts_per_step,
                 "train_clock": self.train_clock, "nonfinite_total": self.nonfinite_total,
-                "nonfinite_in_row": self.nonfinite_in_row, "evals": self.evals}
+                "nonfinite_in_row": self.nonfinite_in_row, "evals": self.evals,
+                "feedback_failures_in_row": self.feedback_failures_in_row, "feedback_errors": self.feedback_errors}
 
     def save(self, run: runs.RunDir) -> Path:
         return runs.save_checkpoint(
@@ -228,15 +307,19 @@ class Trainer:
         self.nonfinite_total = state["nonfinite_total"]
         self.nonfinite_in_row = state["nonfinite_in_row"]
         self.evals = state["evals"]
+        self.feedback_failures_in_row = state.get("feedback_failures_in_row", 0)
+        self.feedback_errors = state.get("feedback_errors", {})
 
 
 def run(config: Config) -> dict[str, Any]:
     """Train; returns a summary dict (also written to ``<run>/summary.json``)."""
-    config = runs.resolve_resume(config, extendable=("max_steps", "time_budget_s", "progress", "plots"))
+    config = runs.resolve_resume(config)
+    name = f"{config.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not config.resume:
+        runs.check_new_run_dir(config, name)
     trainer = Trainer(config)  # validates data, loads the model: nothing on disk yet
     c = trainer.config
-    name = f"{c.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = runs.open_run_dir(trainer, config_to_yaml(c, recipe="online_rl"), default_name=name)
+    run_dir = runs.open_run_dir(trainer, runs.run_config_yaml(c, recipe="online_rl"), default_name=name)
     print(f"run directory: {run_dir.path}")
     return runs.run_recording_status(run_dir, lambda: _loop(trainer, run_dir), step=lambda: trainer.step)
 
@@ -248,18 +331,29 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
         before = trainer.evaluate()
         print(f"held-out accuracy before training: {format_accuracy(trainer.evals[-1])}  ({before['seconds']:.1f} s)")
     with runs.StepLoop(trainer, max_steps=c.max_steps, time_budget_s=c.time_budget_s,
-                       max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective) as loop:
+                       max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective,
+                       run_dir=run_dir) as loop:
         while loop.running():
             t0 = time.perf_counter()
             rows = rows_for_step(trainer.train_rows, trainer.step, c.prompts_per_step, c.seed)
-            result = executor.step(trainer.stages, rows, version=trainer.step + 1)
+            try:
+                result = executor.step(trainer.stages, rows, version=trainer.step + 1)
+            except FeedbackSourceFailed as exc:  # the step is lost; the weights are those after the last one
+                trainer.note_feedback_failure(exc)
+                if runs.latest_checkpoint(run_dir.path) is None or \
+                        runs.latest_checkpoint(run_dir.path).name != f"step-{trainer.step:06d}":
+                    runs.save_run_checkpoint(trainer, run_dir, keep=c.keep_checkpoints)
+                loop.stop(str(exc))
+                break
             nonfinite = loop.count_step(result.metrics)
             record = _step_record(trainer, result, nonfinite)
+            if trainer.note_feedback(result.scores, result.advantages) and c.max_feedback_failures \
+                    and trainer.feedback_failures_in_row >= c.max_feedback_failures:
+                loop.stop(f"{trainer.feedback_failures_in_row} steps in a row had nothing to learn from (no finite "
+                          f"reward, or every group's rewards equal)")
             if trainer.learner.reference is not None and trainer.learner.kl_coef == 0 and c.ref_kl_every \
                     and trainer.step % c.ref_kl_every == 0:
                 record["kl"] = trainer.learner.reference_kl(result.rollout)
-            if (c.save_every and trainer.step % c.save_every == 0) or loop.stopping:
-                trainer.save(run_dir)
             step_time = time.perf_counter() - t0
             loop.add_time(step_time)
             record["seconds_step"] = step_time
@@ -268,22 +362,35 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
                 trainer.evaluate()
                 record["heldout_accuracy"] = trainer.evals[-1]["accuracy"]
             run_dir.log(record)
+            # After the step's clock and evaluation, so that a resume counts both; after its log line, so that a
+            # crash in between costs a repeated step rather than a missing one.
+            if (c.save_every and trainer.step % c.save_every == 0) or loop.stopping:
+                runs.save_run_checkpoint(trainer, run_dir, keep=c.keep_checkpoints)
             loop.show(f"reward {record['reward_mean']:.3f}")
             if loop.stopping:
                 break
-    if loop.stop_reason == "nonfinite":
-        runs.mark_nonfinite_stop(run_dir, step=trainer.step, max_nonfinite_steps=c.max_nonfinite_steps, command="grpo")
-        return {"status": "stopped", "step": trainer.step}
+    if not loop.stopping and c.max_feedback_failures and 0 < trainer.step <= trainer.feedback_failures_in_row:
+        # A run shorter than max_feedback_failures that never had anything to learn from is not complete either.
+        runs.save_run_checkpoint(trainer, run_dir, keep=c.keep_checkpoints)
+        loop.stop(f"none of its {trainer.step} steps had anything to learn from (no finite reward, or every "
+                  f"group's rewards equal)")
+    if loop.stopping:
+        reason = runs.nonfinite_reason(c.max_nonfinite_steps) if loop.stop_reason == "nonfinite" else loop.stop_reason
+        summary = _summary(trainer, "stopped", reason, loop.step_seconds)
+        _print_feedback_errors(trainer)
+        runs.mark_stopped(run_dir, step=trainer.step, reason=reason, command="grpo")
+        return summary
 
-    trainer.save(run_dir)
+    runs.save_run_checkpoint(trainer, run_dir, keep=c.keep_checkpoints)
     save_policy(trainer.model, trainer.tokenizer, run_dir.final)
     if trainer.eval_rows and (not trainer.evals or trainer.evals[-1]["step"] != trainer.step):
         trainer.evaluate()
     if c.plots:
         plot_run(run_dir.read_metrics(), trainer.evals, run_dir.plots)
-    summary = _summary(trainer, loop.stop_reason, loop.step_seconds)
+    summary = _summary(trainer, "complete", loop.stop_reason, loop.step_seconds)
     run_dir.set_status("complete", step=trainer.step, reason=loop.stop_reason)
     _print_summary(summary, run_dir)
+    _print_feedback_errors(trainer)
     return summary
 
 
@@ -312,22 +419,48 @@ def _step_record(trainer: Trainer, result: StepResult, nonfinite: bool) -> dict[
     }
 
 
-def _summary(trainer: Trainer, stop_reason: str, step_seconds: list[float]) -> dict[str, Any]:
+def _summary(trainer: Trainer, status: str, stop_reason: str, step_seconds: list[float]) -> dict[str, Any]:
     evals = trainer.evals
     first_50 = next((e for e in evals if e["accuracy"] > 0.5), None)
     return {
-        "status": "complete",
+        "status": status,
         "stop_reason": stop_reason,
         "steps": trainer.step,
         "train_seconds": trainer.train_clock,
         "median_step_seconds": statistics.median(step_seconds) if step_seconds else math.nan,
         "nonfinite_steps": trainer.nonfinite_total,
+        "feedback_errors": trainer.feedback_errors,
         "accuracy_before": evals[0] if evals else None,
         "accuracy_after": evals[-1] if evals else None,
         "first_above_50": {"step": first_50["step"], "train_seconds": first_50["train_seconds"]}
         if first_50 else None,
         "evals": evals,
     }
+
+
+def _print_feedback_errors(trainer: Trainer) -> None:
+    """One line per kind of feedback failure seen in the run: how often, and the first message."""
+    for kind, seen in trainer.feedback_errors.items():
+        print(f"warning: feedback {kind} on {seen['count']} completions (first at step {seen['step']}): "
+              f"{seen['first']}", file=sys.stderr)
+
+
+def feedback_problems(scores: Scores) -> list[tuple[str, str]]:
+    """``(kind, message)`` for each completion the feedback failed on: ``timeout``, the exception's name
+    (``ValueError: ...``), ``error`` for other messages, ``nonfinite`` for a NaN/inf score without a message."""
+    errors = scores.info.get("error") or [None] * len(scores)
+    timeouts = scores.info.get("timeout") or [False] * len(scores)
+    finite = finite_mask(scores).tolist()
+    problems = []
+    for error, timeout, ok in zip(errors, timeouts, finite, strict=True):
+        if timeout:
+            problems.append(("timeout", str(error) if error else "timed out"))
+        elif error is not None and error is not False:
+            head = str(error).partition(":")[0]
+            problems.append((head if head.isidentifier() else "error", str(error)))
+        elif not ok:
+            problems.append(("nonfinite", "the score was NaN or infinite"))
+    return problems
 
 
 def _print_summary(s: dict[str, Any], run_dir: runs.RunDir) -> None:

@@ -35,14 +35,23 @@ from typing import Any, Literal
 
 import torch
 
-from rlxf.config import config_to_yaml, option
+from rlxf.config import ConfigError, config_to_yaml, option
 from rlxf.data import DataError
 from rlxf.data.preferences import load_preferences
 from rlxf.eval.plots import plot_reward_model_run
 from rlxf.eval.stats import wilson_interval
 from rlxf.models.reward import RewardModel, cached_features, member_summary
 from rlxf.objectives import get_objective, reward_centering_penalty
-from rlxf.runs import OptimizerOptions, RunDir, RunOptions, build_optimizer, clip_gradients, resolve_device, set_threads
+from rlxf.runs import (
+    OptimizerOptions,
+    RunDir,
+    RunOptions,
+    build_optimizer,
+    check_new_run_dir,
+    clip_gradients,
+    resolve_device,
+    set_threads,
+)
 
 LOSSES = ("bradley_terry", "soft_bt", "quantile_bt")
 
@@ -54,16 +63,17 @@ class Config(RunOptions, OptimizerOptions):
     # model
     backbone: str = option("minilm", "Backbone: minilm, smollm2, tiny, hashed_bow or a local model directory.")
     frozen: bool = option(True, "Freeze the backbone and train heads on cached features (else train it too).")
-    ensemble_size: int = option(1, "Ensemble members M (independent heads with their own seeds and data orders).")
-    quantiles: int = option(1, "Quantiles K per member (K > 1 needs loss=quantile_bt).")
+    ensemble_size: int = option(1, "Ensemble members M (independent heads with their own seeds and data orders).", ge=1)
+    quantiles: int = option(1, "Quantiles K per member (K > 1 needs loss=quantile_bt).", ge=1)
     aggregation: Literal["mean", "wco", "uwo"] = option("mean", "How members combine into one reward.")
-    uwo_lambda: float = option(1.0, "lambda of uwo: mean - lambda * variance over members.")
-    max_length: int | None = option(None, "Token limit per text, cut from the left (null: 256 minilm, 512 LMs).")
-    bow_dim: int = option(4096, "Buckets of the hashed_bow backbone.")
+    uwo_lambda: float = option(1.0, "lambda of uwo: mean - lambda * variance over members.", ge=0)
+    max_length: int | None = option(None, "Token limit per text, cut from the left (null: 256 minilm, 512 LMs).", ge=1)
+    bow_dim: int = option(4096, "Buckets of the hashed_bow backbone.", ge=1)
     # data
     data: str = option("../shared/data/hh_rlhf_harmless_base/test.jsonl", "Preference JSONL (text, messages, hh).")
     eval_data: str | None = option(None, "Held-out preference JSONL (null: lines >= heldout_from_line of data).")
-    heldout_from_line: int = option(2001, "Without eval_data: lines before this train, this line onwards held out.")
+    heldout_from_line: int = option(
+        2001, "Without eval_data: lines before this train, this line onwards held out.", ge=1)
     strict: bool = option(
         False, "Refuse data with any malformed row (else skip such rows; summary.json lists each file:line)."
     )
@@ -72,16 +82,23 @@ class Config(RunOptions, OptimizerOptions):
     margin: Literal["none", "score_diff"] = option(
         "none", "Llama 2 margin for bradley_terry: none, or chosen_score - rejected_score from the data rows."
     )
-    gamma: float = option(1.0, "soft_bt: target sigma(gamma * (s_w - s_l)) from the rows' scores.")
-    center_coef: float = option(0.0, "Reward centring coefficient eta: + eta * mean((r_w + r_l)^2).")
+    gamma: float = option(1.0, "soft_bt: target sigma(gamma * (s_w - s_l)) from the rows' scores.", gt=0)
+    center_coef: float = option(0.0, "Reward centring coefficient eta: + eta * mean((r_w + r_l)^2).", ge=0)
     # optimisation
-    epochs: int = option(20, "Passes over the training pairs.")
-    batch_size: int = option(64, "Pairs per optimizer step (per member).")
-    lr: float = option(1e-3, "AdamW learning rate (constant after warmup).")
-    weight_decay: float = option(0.01, "AdamW weight decay.")
+    epochs: int = option(20, "Passes over the training pairs.", ge=1)
+    batch_size: int = option(64, "Pairs per optimizer step (per member).", ge=1)
+    lr: float = option(1e-3, "AdamW learning rate (constant after warmup).", gt=0)
+    weight_decay: float = option(0.01, "AdamW weight decay.", ge=0)
     feature_cache: bool = option(True, "Frozen mode: cache backbone features on disk (keyed by weights + texts).")
-    feature_batch_size: int = option(32, "Texts per backbone forward when computing features.")
-    seed: int = option(0, "Seed of the head initialisation (member m uses seed + m) and data orders.")
+    feature_batch_size: int = option(32, "Texts per backbone forward when computing features.", ge=1)
+    seed: int = option(0, "Seed of the head initialisation (member m uses seed + m) and data orders.", ge=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss != "quantile_bt" and self.quantiles != 1:
+            raise ConfigError(f"quantiles={self.quantiles} needs loss=quantile_bt ({self.loss} trains one scalar)")
+        if self.margin != "none" and self.loss != "bradley_terry":
+            raise ConfigError(f"margin={self.margin} applies to loss=bradley_terry only")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -164,16 +181,6 @@ def _scores(pairs: Pairs, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------- loss
-
-
-def check_config(config: Config) -> None:
-    if config.loss != "quantile_bt" and config.quantiles != 1:
-        raise ValueError(f"quantiles={config.quantiles} needs loss=quantile_bt ({config.loss} trains one scalar)")
-    if config.margin != "none" and config.loss != "bradley_terry":
-        raise ValueError(f"margin={config.margin} applies to loss=bradley_terry only")
-    for name in ("ensemble_size", "quantiles", "epochs", "batch_size"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
 
 
 class PairLoss:
@@ -373,9 +380,10 @@ def run(config: Config) -> dict[str, Any]:
 
 
 def _run(config: Config) -> dict[str, Any]:
-    check_config(config)
     train, heldout, split = split_pairs(config)  # data problems surface before anything is written
     loss_fn = PairLoss(config, train)  # checks the rows carry the scores the loss needs
+    name = config.run_name or f"reward-model-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_new_run_dir(config, name)  # before the backbone loads and features are computed
     device = resolve_device(config.device)
     model = RewardModel.create(
         config.backbone, members=config.ensemble_size, quantiles=config.quantiles, max_length=config.max_length,
@@ -383,8 +391,7 @@ def _run(config: Config) -> dict[str, Any]:
         device=device,
     )
     if not config.frozen and model.config.backbone_kind == "hashed_bow":
-        raise ValueError("the hashed_bow backbone has no weights to train; use frozen=true")
-    name = config.run_name or f"reward-model-{time.strftime('%Y%m%d-%H%M%S')}"
+        raise ConfigError("the hashed_bow backbone has no weights to train; use frozen=true")
     run_dir = RunDir(Path(config.output_dir) / name).create(config_to_yaml(config, recipe="reward-model"))
     print(f"run directory: {run_dir.path}")
     print(f"data: {split['split']}: {split['train_pairs']} training pairs, {split['heldout_pairs']} held out, "

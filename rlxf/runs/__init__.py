@@ -1,28 +1,47 @@
 """What every run shares: its options (``RunOptions``), its directory (config, metrics, plots, checkpoints, final
 weights, status) and checkpoints that resume exactly."""
-from rlxf.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlxf.runs.checkpoint import (
+    CheckpointError,
+    complete_checkpoints,
+    first_nonfinite_parameter,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from rlxf.runs.options import (
     OptimizerOptions,
     ResumableRunOptions,
     RunOptions,
     build_optimizer,
+    check_run_name,
     clip_gradients,
     resolve_device,
     set_threads,
 )
 from rlxf.runs.run_dir import (
     RunDir,
-    mark_nonfinite_stop,
+    Terminated,
+    check_new_run_dir,
+    mark_stopped,
+    nonfinite_reason,
     open_run_dir,
     progress_bar,
+    read_run_config,
     resolve_resume,
+    resume_config,
+    run_config_yaml,
     run_recording_status,
+    run_state,
+    save_run_checkpoint,
 )
 from rlxf.runs.steps import StepLoop
 
 __all__ = [
-    "OptimizerOptions", "build_optimizer", "clip_gradients",
-    "ResumableRunOptions", "RunDir", "RunOptions", "latest_checkpoint", "load_checkpoint", "mark_nonfinite_stop",
-    "open_run_dir", "progress_bar", "resolve_device", "resolve_resume", "run_recording_status", "save_checkpoint",
-    "set_threads", "StepLoop",
+    "CheckpointError", "OptimizerOptions", "ResumableRunOptions", "RunDir", "RunOptions", "StepLoop", "Terminated",
+    "build_optimizer", "check_new_run_dir", "check_run_name", "clip_gradients", "complete_checkpoints",
+    "first_nonfinite_parameter", "latest_checkpoint", "load_checkpoint", "mark_stopped", "nonfinite_reason",
+    "open_run_dir", "progress_bar", "prune_checkpoints", "read_run_config", "resolve_device", "resolve_resume",
+    "resume_config", "run_config_yaml", "run_recording_status", "run_state", "save_checkpoint", "save_run_checkpoint",
+    "set_threads",
 ]

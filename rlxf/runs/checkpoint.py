@@ -9,7 +9,8 @@ Everything is safetensors or JSON (no pickle): a checkpoint directory holds
   numpy RNG states and the recipe's own counters.
 
 A checkpoint is written to ``<name>.tmp`` and renamed, so a crash while saving never leaves a checkpoint
-that looks complete but is not.
+that looks complete but is not. A run keeps its newest few (:func:`prune_checkpoints`), so that a checkpoint
+damaged later (a full disk, a copy cut short) still leaves an earlier one to resume from.
 """
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlxf.config import UserError
 from rlxf.models.loading import save_policy
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be resumed from (missing, unreadable) or must not be written (non-finite weights)."""
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -135,11 +141,34 @@ def load_checkpoint(
     return state
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete ``checkpoints/step-*`` directory of a run, or None."""
-    root = Path(run_dir) / "checkpoints"
+def complete_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """The complete ``step-*`` checkpoint directories under ``root`` (a run's ``checkpoints/``), oldest first."""
     steps = sorted(
-        (int(p.name.split("-")[1]), p) for p in root.glob("step-*")
+        (int(p.name.split("-")[1]), p) for p in Path(root).glob("step-*")
         if not p.name.endswith(".tmp") and (p / "trainer_state.json").exists()
     )
-    return steps[-1][1] if steps else None
+    return [p for _, p in steps]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete ``checkpoints/step-*`` directory of a run, or None."""
+    complete = complete_checkpoints(Path(run_dir) / "checkpoints")
+    return complete[-1] if complete else None
+
+
+def prune_checkpoints(root: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints under ``root`` (``keep`` = 0 deletes none); the
+    newest, the one a resume starts from, always stays. Returns the deleted paths."""
+    complete = complete_checkpoints(root)
+    doomed = complete[:-keep] if keep > 0 else []
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
+def first_nonfinite_parameter(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter holding a NaN or inf, or None when all are finite."""
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param.detach()).all()):
+            return name
+    return None

@@ -2,45 +2,74 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from rlxf.config import option
+from rlxf.config import ConfigError, check_config, option
 
-__all__ = ["OptimizerOptions", "ResumableRunOptions", "RunOptions", "build_optimizer", "clip_gradients",
-           "resolve_device", "set_threads"]
+__all__ = ["OptimizerOptions", "ResumableRunOptions", "RunOptions", "build_optimizer", "check_run_name",
+           "clip_gradients", "resolve_device", "set_threads"]
 
 
 @dataclass
 class RunOptions:
     """Where a run writes and how it runs: shared by every recipe (``class Config(RunOptions)``)."""
 
-    seed: int = option(42, "Seed of initialisation, data order and sampling.")
+    seed: int = option(42, "Seed of initialisation, data order and sampling.", ge=0)
     device: str = option("auto", "'auto' (cuda if available), 'cpu' or 'cuda[:i]'.")
-    threads: int = option(0, "torch CPU threads (0 = torch default).")
+    threads: int = option(0, "torch CPU threads (0 = torch default).", ge=0)
     output_dir: str = option("runs", "Parent directory of run directories.")
-    run_name: str | None = option(None, "Run directory name (default: the objective or recipe and a timestamp).")
+    run_name: str | None = option(
+        None, "Run directory name inside output_dir, a plain name (default: the objective or recipe and a timestamp).")
     progress: bool = option(True, "Show progress while training.")
     plots: bool = option(True, "Write PNG plots of the run's curves to <run>/plots at the end.")
+
+    def __post_init__(self) -> None:
+        check_config(self)  # ranges and finiteness, for configs made in Python as for those from the CLI
+        if self.run_name is not None:
+            check_run_name(self.run_name)
 
 
 @dataclass
 class ResumableRunOptions(RunOptions):
     """:class:`RunOptions` plus checkpoints and resume, for loops that save their whole state."""
 
-    resume: str | None = option(None, "Run directory to resume from its latest complete checkpoint.")
-    save_every: int = option(50, "Checkpoint every N steps (0 = only at the end).")
-    max_nonfinite_steps: int = option(3, "Stop (with a checkpoint) after this many non-finite steps in a row.")
+    # What may differ from the run's own config when resuming it (rlxf.runs.resolve_resume): budgets, bookkeeping
+    # and display. Anything else would make the resumed run a different run than the one its checkpoints belong to.
+    RESUME_CHANGEABLE: ClassVar[tuple[str, ...]] = (
+        "resume", "checkpoint", "max_steps", "time_budget_s", "eval_every", "save_every", "keep_checkpoints",
+        "max_nonfinite_steps", "progress", "plots", "threads")
+
+    resume: str | None = option(
+        None, "Run directory to resume, with its own config; only budgets and bookkeeping (max_steps, time_budget_s, "
+              "eval_every, save_every, keep_checkpoints, progress, plots, threads) may be changed alongside.")
+    checkpoint: str | None = option(
+        None, "With resume: the checkpoint to resume from, e.g. step-000050 (default: the latest complete one).")
+    save_every: int = option(50, "Checkpoint every N steps (0 = only at the end).", ge=0)
+    keep_checkpoints: int = option(
+        2, "Keep the newest N checkpoints, deleting older ones as new ones are written (0 = keep all).", ge=0)
+    max_nonfinite_steps: int = option(
+        3, "Stop (with a checkpoint) after this many non-finite steps in a row.", ge=1)
 
 
 @dataclass
 class OptimizerOptions:
     """AdamW with a linear warmup, and gradient-norm clipping: the optimisation fields every recipe shares."""
 
-    lr: float = option(1e-5, "Learning rate (AdamW; constant after warmup).")
-    warmup_steps: int = option(0, "Linear warmup over this many optimizer updates (0 = none).")
-    weight_decay: float = option(0.0, "AdamW weight decay.")
-    max_grad_norm: float = option(1.0, "Clip the gradient norm to this (0 = no clipping; the norm is logged anyway).")
+    lr: float = option(1e-5, "Learning rate (AdamW; constant after warmup).", gt=0)
+    warmup_steps: int = option(0, "Linear warmup over this many optimizer updates (0 = none).", ge=0)
+    weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
+    max_grad_norm: float = option(
+        1.0, "Clip the gradient norm to this (0 = no clipping; the norm is logged anyway).", ge=0)
+
+
+def check_run_name(name: str) -> None:
+    """A ConfigError unless ``name`` is a plain directory name (no path separators, not ``.``/``..``): a run
+    directory is always ``output_dir/run_name``, never elsewhere."""
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+        raise ConfigError(f"bad value for 'run_name': {name!r} must be a plain directory name (no '/', not '.' or "
+                          f"'..'); the run is written to output_dir/run_name (set output_dir for another place)")
 
 
 def build_optimizer(params, options: OptimizerOptions, *, fused: bool = True):

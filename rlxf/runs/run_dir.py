@@ -1,24 +1,29 @@
 """A run directory: resolved config, metrics as JSONL, plots, checkpoints, final weights and a status file.
 
-``status.json`` says ``running`` while a run is in progress and ``complete``, ``stopped`` or ``failed`` at
-the end, so a directory left by a crash never looks like a finished run.
+``status.json`` says ``running`` while a run is in progress and ``complete``, ``stopped``, ``interrupted`` or
+``failed`` at the end, so a directory left by a crash never looks like a finished run. It carries the process id,
+the host and a heartbeat (rewritten at every step), so :func:`run_state` tells a live run from one whose process
+died without a word (``kill -9``, a power cut): ``running`` versus ``dead``.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
+import os
+import signal
+import socket
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rlxf.config import config_from_yaml
-from rlxf.runs.checkpoint import latest_checkpoint
+from rlxf.config import ConfigError, UserError, build_config, config_to_yaml
+from rlxf.runs.checkpoint import CheckpointError, complete_checkpoints, first_nonfinite_parameter, prune_checkpoints
 
 
 class RunDir:
@@ -30,18 +35,24 @@ class RunDir:
         self.final = self.path / "final"
 
     def create(self, config_yaml: str, *, resume: bool = False) -> RunDir:
-        if self.path.exists() and not resume and any(self.path.iterdir()):
-            raise FileExistsError(f"run directory {self.path} already exists; pick another run_name or resume")
+        if self.path.exists() and not resume and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise ConfigError(f"run directory {self.path} already exists; pick another run_name (or resume it)")
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(config_yaml)
         self.set_status("running")
         return self
 
     def set_status(self, status: str, **extra: Any) -> None:
-        record = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        """Write ``status.json`` (atomically): the status, the time, this process's pid and host, and ``extra``."""
+        record = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid(),
+                  "host": socket.gethostname(), "heartbeat": time.time(), **extra}
         tmp = self.path / "status.json.tmp"
         tmp.write_text(json.dumps(record, indent=1, default=_jsonable))
         tmp.replace(self.path / "status.json")
+
+    def heartbeat(self, step: int) -> None:
+        """Say the run is alive at ``step`` (the loop calls this once per step)."""
+        self.set_status("running", step=step)
 
     def status(self) -> dict[str, Any] | None:
         p = self.path / "status.json"
@@ -74,25 +85,91 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def run_recording_status(run_dir: RunDir, loop: Callable[[], dict[str, Any]], *, step: Callable[[], int]) -> dict:
-    """Run ``loop()``; on any exception mark the run ``failed`` (``interrupted`` on Ctrl-C) at ``step()`` and
-    re-raise, else write its summary to ``summary.json`` and return it."""
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop by a signal (SIGTERM: ``kill``, a job scheduler); handled like Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` (Python's default would end the process on the spot,
+    leaving ``status.json`` at ``running``); the previous handler is restored after. Only the main thread may
+    set handlers, so elsewhere this does nothing."""
     try:
-        summary = loop()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def run_recording_status(run_dir: RunDir, loop: Callable[[], dict[str, Any]], *, step: Callable[[], int]) -> dict:
+    """Run ``loop()``; on any exception mark the run ``failed`` (``interrupted`` on Ctrl-C or SIGTERM, with the
+    step to resume from) at ``step()`` and re-raise, else write its summary to ``summary.json`` and return it."""
+    try:
+        with _sigterm_as_interrupt():
+            summary = loop()
     except BaseException as exc:
-        run_dir.set_status("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                           step=step(), error=f"{type(exc).__name__}: {exc}")
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        latest = complete_checkpoints(run_dir.checkpoints)
+        run_dir.set_status("interrupted" if interrupted else "failed", step=step(),
+                           error=f"{type(exc).__name__}: {exc}".rstrip(": "),
+                           resume_from=latest[-1].name if latest else None)
+        if interrupted:
+            print(f"interrupted at step {step()}: " + (f"resume with resume={run_dir.path} (from {latest[-1].name})"
+                                                        if latest else "no checkpoint was written yet"),
+                  file=sys.stderr)
         raise
     (run_dir.path / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
-def mark_nonfinite_stop(run_dir: RunDir, *, step: int, max_nonfinite_steps: int, command: str) -> None:
-    """Record a run stopped after ``max_nonfinite_steps`` non-finite steps in a row (its checkpoint is already
-    written) and tell the user how to resume it with ``rlxf train <command>``."""
-    run_dir.set_status("stopped", step=step, reason=f"{max_nonfinite_steps} non-finite steps in a row")
-    print(f"stopped: {max_nonfinite_steps} steps in a row had a non-finite loss or gradient; resume with "
-          f"`rlxf train {command} resume={run_dir.path}` after fixing the cause", file=sys.stderr)
+def run_state(path: str | Path) -> dict[str, Any]:
+    """``status.json`` of the run at ``path`` with ``state``: its status, except that a ``running`` run whose
+    process is gone (same host, pid not alive) is ``dead`` (killed without a word: ``kill -9``, out of memory).
+    A run on another host cannot be probed and keeps ``running``; its ``heartbeat`` says when it last stepped."""
+    status = RunDir(path).status()
+    if status is None:
+        return {"state": "unknown", "status": None}
+    state = status.get("status")
+    if state == "running" and status.get("host") == socket.gethostname() and not _alive(status.get("pid")):
+        state = "dead"
+    return {**status, "state": state}
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def mark_stopped(run_dir: RunDir, *, step: int, reason: str, command: str) -> None:
+    """Record a run that stopped because it could not go on (its checkpoint is already written), saying why, and
+    tell the user how to resume it with ``rlxf train <command>`` once the cause is fixed."""
+    run_dir.set_status("stopped", step=step, reason=reason)
+    print(f"stopped at step {step}: {reason}; resume with `rlxf train {command} resume={run_dir.path}` after fixing "
+          f"the cause", file=sys.stderr)
+
+
+def nonfinite_reason(max_nonfinite_steps: int) -> str:
+    """Why a run stopped after ``max_nonfinite_steps`` skipped non-finite steps, as :func:`mark_stopped` says it."""
+    return f"{max_nonfinite_steps} steps in a row had a non-finite loss or gradient"
 
 
 def progress_bar(enabled: bool):
@@ -104,30 +181,111 @@ def progress_bar(enabled: bool):
                     TimeElapsedColumn(), transient=False, refresh_per_second=2)
 
 
-def resolve_resume(config: Any, *, extendable: tuple[str, ...]) -> Any:
-    """On ``resume=DIR`` the run's saved config wins, except the fields in ``extendable`` (budgets, display),
-    which the user may change; without resume, ``config`` as it is."""
+def read_run_config(cls: type, run_dir: str | Path) -> Any:
+    """The config a run was started with (its ``config.yaml``), as an instance of ``cls``."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"cannot resume {run_dir}: no config.yaml there (is it a run directory?)")
+    return build_config(cls, saved)
+
+
+def resume_config(cls: type, run_dir: str | Path, **changes: Any) -> Any:
+    """The config to resume the run at ``run_dir`` with: its own, with ``changes`` (budgets and bookkeeping only,
+    ``cls.RESUME_CHANGEABLE``) applied. For Python callers; ``rlxf train X resume=DIR key=value`` does the same."""
+    return resolve_resume(build_config(cls, Path(run_dir) / "config.yaml", {**changes, "resume": str(run_dir)}))
+
+
+def resolve_resume(config: Any) -> Any:
+    """``config`` checked against the run it resumes: every field must equal the run's own ``config.yaml``
+    except those in ``RESUME_CHANGEABLE`` (budgets, bookkeeping, display); anything else is a one-line
+    ConfigError naming the keys, since the checkpoints belong to the run as it was configured. Without
+    ``resume``, ``config`` as it is."""
     if not config.resume:
         return config
-    saved_path = Path(config.resume) / "config.yaml"
-    if not saved_path.exists():
-        raise FileNotFoundError(f"cannot resume: {saved_path} not found")
-    saved = config_from_yaml(type(config), saved_path)
-    return replace(saved, resume=config.resume, **{name: getattr(config, name) for name in extendable})
+    saved = read_run_config(type(config), config.resume)
+    changeable = set(type(config).RESUME_CHANGEABLE)
+    changed = [f.name for f in dataclasses.fields(config)
+               if f.name not in changeable and getattr(config, f.name) != getattr(saved, f.name)]
+    if changed:
+        shown = ", ".join(f"{k}={getattr(config, k)!r} (the run has {getattr(saved, k)!r})" for k in changed[:3])
+        raise ConfigError(f"cannot resume {config.resume} with {shown}{' ...' if len(changed) > 3 else ''}: only "
+                          f"{', '.join(sorted(changeable - {'resume', 'checkpoint'}))} may change on resume; start a "
+                          f"new run to change anything else")
+    return config
+
+
+def run_config_yaml(config: Any, *, recipe: str) -> str:
+    """The ``config.yaml`` of a run: its config without ``resume``/``checkpoint`` (how a run was continued is not
+    part of it, and the file stays a preset that starts the same run afresh)."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return config_to_yaml(dataclasses.replace(config, **{k: None for k in ("resume", "checkpoint") if k in names}),
+                          recipe=recipe)
+
+
+def check_new_run_dir(config: Any, default_name: str) -> Path:
+    """The directory a new run will write (``output_dir/(run_name or default_name)``), or a one-line ConfigError
+    if a run is already there; checked before a model is loaded."""
+    path = Path(config.output_dir) / (config.run_name or default_name)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(f"run directory {path} already exists; pick another run_name, or continue that run "
+                          f"with resume={path}")
+    return path
 
 
 def open_run_dir(trainer: Any, config_yaml: str, *, default_name: str) -> RunDir:
-    """The run directory of ``trainer.config``: on resume, the trainer is restored from the latest complete
-    checkpoint and metrics after it are dropped; else a new directory ``output_dir/(run_name or default_name)``."""
+    """The run directory of ``trainer.config``: on resume, the trainer is restored from the checkpoint named by
+    ``checkpoint`` (default: the latest complete one) and metrics after it are dropped; else a new directory
+    ``output_dir/(run_name or default_name)``. A run still alive in another process is not resumed, and a
+    checkpoint that cannot be read is named with the previous complete one to resume from instead."""
     c = trainer.config
     if not c.resume:
-        return RunDir(Path(c.output_dir) / (c.run_name or default_name)).create(config_yaml)
+        return RunDir(check_new_run_dir(c, default_name)).create(config_yaml)
     run_dir = RunDir(c.resume)
-    checkpoint = latest_checkpoint(run_dir.path)
-    if checkpoint is None:
-        raise FileNotFoundError(f"cannot resume: {run_dir.path} has no complete checkpoint")
-    trainer.restore(checkpoint)
+    state = run_state(run_dir.path)
+    if state["state"] == "running" and state.get("pid") != os.getpid():
+        raise ConfigError(f"cannot resume {run_dir.path}: it is still running (pid {state['pid']} on "
+                          f"{state['host']}); stop it first")
+    checkpoint = _resume_checkpoint(run_dir, c.checkpoint)
+    try:
+        trainer.restore(checkpoint)
+    except UserError:
+        raise
+    except Exception as exc:  # a truncated or corrupt file: safetensors, JSON, a missing key
+        earlier = [p for p in complete_checkpoints(run_dir.checkpoints) if p.name < checkpoint.name]
+        offer = (f"resume from the previous complete one with resume={run_dir.path} checkpoint={earlier[-1].name}"
+                 if earlier else "there is no earlier checkpoint")
+        what = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise CheckpointError(f"checkpoint {checkpoint} cannot be read ({what}); {offer}") from None
     run_dir.create(config_yaml, resume=True)
     run_dir.truncate_metrics(trainer.step)
-    print(f"resumed {run_dir.path} at step {trainer.step} ({trainer.train_clock:.0f} s trained)")
+    print(f"resumed {run_dir.path} at step {trainer.step} ({trainer.train_clock:.0f} s trained, {checkpoint.name})")
     return run_dir
+
+
+def _resume_checkpoint(run_dir: RunDir, name: str | None) -> Path:
+    complete = complete_checkpoints(run_dir.checkpoints)
+    if name is None:
+        if not complete:
+            raise CheckpointError(f"cannot resume {run_dir.path}: it has no complete checkpoint")
+        return complete[-1]
+    path = run_dir.checkpoints / name
+    if path not in complete:
+        have = ", ".join(p.name for p in complete) or "none"
+        raise CheckpointError(f"cannot resume {run_dir.path} from checkpoint={name}: no complete checkpoint of that "
+                              f"name (complete ones: {have})")
+    return path
+
+
+def save_run_checkpoint(trainer: Any, run_dir: RunDir, *, keep: int) -> Path:
+    """``trainer.save(run_dir)``, once its parameters are checked finite, then the checkpoints beyond the newest
+    ``keep`` deleted (0 keeps all). Non-finite parameters are never written: a CheckpointError names the first
+    one and the last good checkpoint."""
+    bad = first_nonfinite_parameter(trainer.model)
+    if bad is not None:
+        good = complete_checkpoints(run_dir.checkpoints)
+        raise CheckpointError(f"the parameters are not finite after step {trainer.step} ({bad} has NaN or inf), so "
+                              f"nothing was saved; " + (f"the last good checkpoint is {good[-1]} (resume from it "
+                                                        f"with a smaller lr)" if good else "no checkpoint was written"))
+    path = trainer.save(run_dir)
+    prune_checkpoints(run_dir.checkpoints, keep)
+    return path

@@ -3,14 +3,15 @@ of non-finite steps that stops a run, and the progress bar.
 
 A loop keeps its own order of work within a step; :class:`StepLoop` only counts::
 
-    with StepLoop(trainer, max_steps=..., time_budget_s=..., max_nonfinite_steps=..., progress=..., label=...) as loop:
+    with StepLoop(trainer, max_steps=..., time_budget_s=..., max_nonfinite_steps=..., progress=..., label=...,
+                  run_dir=...) as loop:
         while loop.running():                   # False at max_steps, or once the training clock passed the budget
             metrics = ... one step ...
-            nonfinite = loop.count_step(metrics)   # advances trainer.step and the non-finite counters
+            nonfinite = loop.count_step(metrics)   # advances trainer.step and the non-finite counters, heartbeat
             loop.add_time(seconds)
-            ... log, evaluate, checkpoint (always when loop.stopping) ...
+            ... evaluate, log, then checkpoint (always when loop.stopping) ...
             loop.show(f"loss {loss:.4f}")
-            if loop.stopping:                   # max_nonfinite_steps in a row: stop_reason is "nonfinite"
+            if loop.stopping:                   # max_nonfinite_steps in a row ("nonfinite"), or loop.stop(reason)
                 break
 
 The trainer holds the counters (``step``, ``train_clock``, ``nonfinite_in_row``, ``nonfinite_total``, ``evals``)
@@ -29,12 +30,14 @@ class StepLoop:
     """Counts the steps of ``trainer``'s loop against its budget; ``stop_reason`` says why it ended."""
 
     def __init__(self, trainer: Any, *, max_steps: int, time_budget_s: float, max_nonfinite_steps: int,
-                 progress: bool, label: str):
+                 progress: bool, label: str, run_dir: Any = None):
         self.trainer = trainer
         self.max_steps = max_steps
         self.budget = time_budget_s if time_budget_s > 0 else None
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.run_dir = run_dir  # a RunDir gets a heartbeat at every step
         self.stop_reason = "max_steps"
+        self.stopping = False
         self.step_seconds: list[float] = []
         self._bar_context = progress_bar(progress)
         self._label = label
@@ -65,14 +68,16 @@ class StepLoop:
         nonfinite = metrics.pop("nonfinite", 0.0) > 0
         t.nonfinite_in_row = t.nonfinite_in_row + 1 if nonfinite else 0
         t.nonfinite_total += int(nonfinite)
-        if self.stopping:
-            self.stop_reason = "nonfinite"
+        if t.nonfinite_in_row >= self.max_nonfinite_steps:
+            self.stop("nonfinite")
+        if self.run_dir is not None:
+            self.run_dir.heartbeat(t.step)
         return nonfinite
 
-    @property
-    def stopping(self) -> bool:
-        """``max_nonfinite_steps`` steps in a row were non-finite: the run stops (with a checkpoint)."""
-        return self.trainer.nonfinite_in_row >= self.max_nonfinite_steps
+    def stop(self, reason: str) -> None:
+        """End the run after this step (with a checkpoint): ``stopping`` becomes True, ``stop_reason`` is ``reason``."""
+        self.stop_reason = reason
+        self.stopping = True
 
     def add_time(self, seconds: float) -> None:
         self.trainer.train_clock += seconds

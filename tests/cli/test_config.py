@@ -450,3 +450,59 @@ def test_inherited_fields_build_as_before(tmp_path):
     cfg = build_config(Recipe, None, ["save_every=5", "loss.beta=0.1"])
     assert (cfg.seed, cfg.save_every, cfg.loss) == (1, 5, {"beta": 0.1})
     assert config_from_yaml(Recipe, write(tmp_path / "r.yaml", config_to_yaml(cfg))) == cfg
+
+
+# ---------------------------------------------------------------------------------------------- ranges
+
+
+@dataclass
+class Ranged:
+    lr: float = option(1e-3, "Learning rate.", gt=0)
+    threads: int = option(0, "Threads.", ge=0)
+    frac: float = option(0.1, "A share.", ge=0, lt=1)
+    scale: float = option(1.0, "Any finite number.")
+    sizes: list[int] = option([2, 4], "Group sizes.", ge=2)
+    budget: float | None = option(None, "Seconds or null.", ge=0)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("lr=0", "bad value for 'lr': must be > 0, got 0.0"),
+    ("lr=-1", "bad value for 'lr': must be > 0, got -1.0"),
+    ("threads=-3", "bad value for 'threads': must be >= 0, got -3"),
+    ("frac=1", "bad value for 'frac': must be < 1, got 1.0"),
+    ("frac=-0.5", "bad value for 'frac': must be >= 0, got -0.5"),
+    ("scale=nan", "bad value for 'scale': must be a finite number, got nan"),
+    ("scale=-inf", "bad value for 'scale': must be a finite number, got -inf"),
+    ("lr=inf", "bad value for 'lr': must be a finite number, got inf"),
+    ("sizes=2,1", "bad value for 'sizes': must be >= 2, got 1"),
+    ("budget=-1", "bad value for 'budget': must be >= 0, got -1.0"),
+])
+def test_a_number_outside_its_range_or_not_finite_is_one_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(Ranged, overrides=[override])
+    assert str(err.value) == message
+
+
+def test_values_inside_the_range_pass_and_none_is_not_a_number():
+    cfg = build_config(Ranged, overrides=["lr=1e-9", "threads=0", "frac=0", "scale=-3", "sizes=2,9", "budget=null"])
+    assert (cfg.lr, cfg.threads, cfg.frac, cfg.scale, cfg.sizes, cfg.budget) == (1e-9, 0, 0.0, -3.0, [2, 9], None)
+
+
+def test_check_config_checks_configs_made_in_python():
+    from rlxf.config import check_config
+
+    check_config(Ranged())
+    with pytest.raises(ConfigError, match="bad value for 'lr': must be > 0, got -2"):
+        check_config(Ranged(lr=-2))
+
+
+def test_a_default_outside_its_range_is_refused_at_definition():
+    with pytest.raises(ValueError, match="option default -1 must be >= 0"):
+        option(-1, "Bad default.", ge=0)
+
+
+def test_help_and_saved_yaml_show_the_range():
+    assert "Learning rate. Range: > 0." in config_help(Ranged)
+    assert "A share. Range: >= 0 and < 1." in config_help(Ranged)
+    text = config_to_yaml(Ranged())
+    assert "# range: >= 0 and < 1\nfrac: 0.1" in text and "# range" not in text.split("scale:")[0].split("frac:")[1]

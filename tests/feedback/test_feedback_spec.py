@@ -2,6 +2,7 @@
 
 import pytest
 
+from rlxf.config import ConfigError
 from rlxf.feedback import (
     FEEDBACK,
     ArithmeticVerifier,
@@ -46,9 +47,10 @@ def test_positional_argument_is_the_first_parameter():
     assert make_feedback_from_spec("numeric:boxed").mode == "boxed"
     mixed = make_feedback_from_spec("numeric:last_number,tol=1e-3")
     assert (mixed.mode, mixed.tol) == ("last_number", 1e-3)
-    function = make_feedback_from_spec("python_function:my_mod:fn,timeout_s=2")  # the first ':' splits
-    assert isinstance(function, ContainedRewardFunction) and function._target == "my_mod:fn"
+    function = make_feedback_from_spec("python_function:operator:contains,timeout_s=2")  # the first ':' splits
+    assert isinstance(function, ContainedRewardFunction) and function._target == "operator:contains"
     assert function.timeout_s == 2.0
+    function.close()
 
 
 def test_a_reward_model_path_reaches_the_loader(tmp_path):
@@ -128,6 +130,6 @@ def test_online_recipe_builds_its_feedback_from_the_spec(tmp_path, monkeypatch):
         Trainer(Config(feedback="numeric:mode=boxed,tol=0.5", **common))
     assert len(built) == 1 and isinstance(built[0], NumericAnswerVerifier)
     assert (built[0].mode, built[0].tol) == ("boxed", 0.5)
-    with pytest.raises(FeedbackError, match="unknown feedback 'numerc'"):
+    with pytest.raises(ConfigError, match="bad value for 'feedback': .*unknown feedback 'numerc'"):
         run(Config(feedback="numerc", **common))
     assert not (tmp_path / "spec").exists()  # a bad spec fails before a run directory is made

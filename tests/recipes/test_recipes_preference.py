@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from rlxf.config import ConfigError
 from rlxf.data import DataError, batch_for_step, kl_partners, make_batches
 from rlxf.models.logps import length_ordered_logps
 from rlxf.models.lora import adapters_off
@@ -24,6 +25,7 @@ from rlxf.objectives import OBJECTIVES, LossOutput, list_objectives, register
 from rlxf.objectives.signature import loss_signature
 from rlxf.recipes import group_robust_dpo, kto, preference
 from rlxf.recipes.preference import PROVIDERS, Config, PairedTrainer, run
+from rlxf.runs import resume_config
 
 # The recipe module that trains each objective that is not a plain paired loss.
 RECIPE_OF = {"kto": kto, "group_robust_dpo": group_robust_dpo}
@@ -236,7 +238,7 @@ def test_lora_run_checkpoints_adapters_and_resumes(toy, tmp_path):
     assert all("lora_" in k for k in load_file(str(ckpt / "model.safetensors")))
     assert (tmp_path / "runs" / "run" / "final" / "adapter").is_dir()
     run(config(toy, tmp_path, lora_r=4, lora_alpha=8, max_steps=2, save_every=2, run_name="half"))
-    resumed = run(Config(resume=str(tmp_path / "runs" / "half"), max_steps=4, progress=False, plots=False))
+    resumed = run(resume_config(Config, tmp_path / "runs" / "half", max_steps=4))
     assert resumed["heldout_after"]["accuracy"] == full["heldout_after"]["accuracy"]
     assert resumed["heldout_after"]["margin"] == full["heldout_after"]["margin"]
 
@@ -244,7 +246,9 @@ def test_lora_run_checkpoints_adapters_and_resumes(toy, tmp_path):
 def test_resumed_run_equals_uninterrupted_run_bitwise(toy, tmp_path):
     run(config(toy, tmp_path, max_steps=6, save_every=3, eval_every=3))
     run(config(toy, tmp_path, max_steps=3, save_every=3, eval_every=3, run_name="half"))
-    run(Config(resume=str(tmp_path / "runs" / "half"), max_steps=6, progress=False, plots=False))
+    with pytest.raises(ConfigError, match=r"with lr=1\.0 \(the run has 0\.003\): only epochs, eval_every"):
+        resume_config(Config, tmp_path / "runs" / "half", max_steps=6, lr=1.0)  # another run, not this one
+    run(resume_config(Config, tmp_path / "runs" / "half", max_steps=6))
     whole = load_file(str(tmp_path / "runs" / "run" / "final" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "runs" / "half" / "final" / "model.safetensors"))
     assert whole.keys() == resumed.keys()

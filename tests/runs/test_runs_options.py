@@ -34,3 +34,19 @@ def test_build_optimizer_warms_up_linearly_then_holds():
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
     group = optimizer.param_groups[0]
     assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.9, 0.999), 1e-8, 0.1)
+
+
+def test_run_options_made_in_python_are_checked():
+    """Every recipe's config extends RunOptions, whose __post_init__ checks ranges and the run name, so a config
+    made in Python is refused like one from the command line."""
+    from rlxf.config import ConfigError
+    from rlxf.recipes.online_rl import Config
+
+    with pytest.raises(ConfigError, match="bad value for 'lr': must be > 0, got -1"):
+        Config(lr=-1.0)
+    with pytest.raises(ConfigError, match="bad value for 'threads': must be >= 0, got -3"):
+        Config(threads=-3)
+    for name in ("../x", "/abs", "a/b", ".", "..", " padded "):
+        with pytest.raises(ConfigError, match="must be a plain directory name"):
+            Config(run_name=name)
+    assert Config(run_name="grpo-1.2_final").run_name == "grpo-1.2_final"
