@@ -104,13 +104,13 @@ class Config:
     """``rlxf eval arithmetic``: held-out accuracy of a policy on 'What is a+b?'."""
 
     model: str = option("smollm2", "Policy: 'smollm2' (embedded default), 'tiny', or a saved directory.")
-    eval_size: int = option(200, "Number of held-out problems.")
-    eval_seed: int = option(12345, "Seed of the held-out problems (the anchor's set is 12345).")
-    max_new_tokens: int = option(48, "Longest reply in tokens.")
-    batch_size: int = option(100, "Prompts per generation batch.")
-    samples: int = option(1, "1 = greedy accuracy; k > 1 = k sampled replies per prompt and pass@k.")
-    temperature: float = option(1.0, "Sampling temperature when samples > 1.")
-    seed: int = option(0, "Sampling seed when samples > 1.")
+    eval_size: int = option(200, "Number of held-out problems.", ge=1)
+    eval_seed: int = option(12345, "Seed of the held-out problems (the anchor's set is 12345).", ge=0)
+    max_new_tokens: int = option(48, "Longest reply in tokens.", ge=1)
+    batch_size: int = option(100, "Prompts per generation batch.", ge=1)
+    samples: int = option(1, "1 = greedy accuracy; k > 1 = k sampled replies per prompt and pass@k.", ge=1)
+    temperature: float = option(1.0, "Sampling temperature when samples > 1.", gt=0)
+    seed: int = option(0, "Sampling seed when samples > 1.", ge=0)
     output: str | None = option(None, "Write the full report (every reply) as JSON here.")
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from rlxf.config import ConfigError, config_to_yaml, option
+from rlxf.config import ConfigError, check_config, config_to_yaml, option
 from rlxf.data.preferences import UnpairedExample, load_preferences, tokenize_unpaired
 from rlxf.data.prompts import DataError
 from rlxf.eval import rm_metrics as M
@@ -404,22 +404,19 @@ class Config:
     hh_rows: str = option(
         HH_HELDOUT, "0-based file rows of HH harmless-base used (start:stop); 2000:2312 = the RM recipe's held-out."
     )
-    max_per_subset: int | None = option(None, "Evaluate at most this many pairs per subset (null = all).")
+    max_per_subset: int | None = option(None, "Evaluate at most this many pairs per subset (null = all).", ge=1)
     sample_seed: int = option(0, "Seed of the per-subset subsample (Random(f'{seed}:{subset}')).")
     order_seed: int = option(0, "Seed of the order in which a pairwise scorer sees each HH pair.")
-    batch_size: int = option(8, "Pairs per scorer call.")
-    n_bins: int = option(10, "Equal-width bins of [0.5, 1] for the expected calibration error.")
-    tie_tol: float = option(0.0, "A pair is a tie when |margin| <= tie_tol.")
+    batch_size: int = option(8, "Pairs per scorer call.", ge=1)
+    n_bins: int = option(10, "Equal-width bins of [0.5, 1] for the expected calibration error.", ge=1)
+    tie_tol: float = option(0.0, "A pair is a tie when |margin| <= tie_tol.", ge=0)
     output_dir: str = option("runs", "Parent directory of the run directory.")
     run_name: str | None = option(None, "Run directory name, a plain name (default: rm-eval-<timestamp>).")
 
     def __post_init__(self):
+        check_config(self)
         if self.run_name is not None:
             check_run_name(self.run_name)
-        if self.max_per_subset is not None and self.max_per_subset < 1:
-            raise ValueError(f"max_per_subset must be >= 1 or null, got {self.max_per_subset}")
-        if self.batch_size < 1 or self.n_bins < 1 or self.tie_tol < 0:
-            raise ValueError("batch_size and n_bins must be >= 1 and tie_tol >= 0")
         if not self.subsets:
             raise ValueError("subsets is empty")
 

@@ -350,7 +350,7 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
             if trainer.note_feedback(result.scores, result.advantages) and c.max_feedback_failures \
                     and trainer.feedback_failures_in_row >= c.max_feedback_failures:
                 loop.stop(f"{trainer.feedback_failures_in_row} steps in a row had nothing to learn from (no finite "
-                          f"reward, or every group's rewards equal)")
+                          f"reward, or every group's rewards equal; last mean reward {record['reward_mean']:.3g})")
             if trainer.learner.reference is not None and trainer.learner.kl_coef == 0 and c.ref_kl_every \
                     and trainer.step % c.ref_kl_every == 0:
                 record["kl"] = trainer.learner.reference_kl(result.rollout)

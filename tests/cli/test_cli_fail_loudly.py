@@ -89,6 +89,20 @@ def test_a_bad_setting_is_one_line_and_writes_nothing(capsys, tmp_path, prompts,
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("override", "expected"), [
+    ("lr=-1", "rlxf: error: bad value for 'lr': must be > 0, got -1.0"),
+    ("feedback=arithmetc", "rlxf: error: bad value for 'feedback': feedback spec 'arithmetc': unknown feedback"),
+])
+def test_a_bad_setting_in_a_real_process_is_one_line_and_status_2(tmp_path, prompts, override, expected):
+    """As a user sees it: `python -m rlxf` in a child process (allocator re-exec included), stderr one line."""
+    out = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "rlxf", "train", "grpo", *_base(prompts, out), override], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith(expected)
+    assert not out.exists()
+
+
 def test_a_reused_run_name_is_one_line_before_the_model_loads(capsys, tmp_path, prompts, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the run directory was checked")
