@@ -401,10 +401,8 @@ def _loop(trainer: OfflineTrainer, run_dir: runs.RunDir) -> dict[str, Any]:
                 e = trainer.evaluate()
                 record.update({f"heldout_{k}": e[k] for k in ("accuracy", "margin", "ranking_accuracy",
                                                                 "chosen_logps", "rejected_logps")})
-            run_dir.log(record)
-            if (c.save_every and trainer.step % c.save_every == 0) or loop.stopping:
-                runs.save_run_checkpoint(trainer, run_dir, keep=c.keep_checkpoints)
-            loop.show(f"loss {record.get('loss', math.nan):.4f}")
+            loop.finish_step(record, save_every=c.save_every, keep_checkpoints=c.keep_checkpoints,
+                             text=f"loss {record.get('loss', math.nan):.4f}")
             if loop.stopping:
                 break
     if loop.stop_reason == "nonfinite":

@@ -361,12 +361,8 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
             if c.eval_every and trainer.step % c.eval_every == 0 and trainer.eval_rows:
                 trainer.evaluate()
                 record["heldout_accuracy"] = trainer.evals[-1]["accuracy"]
-            run_dir.log(record)
-            # After the step's clock and evaluation, so that a resume counts both; after its log line, so that a
-            # crash in between costs a repeated step rather than a missing one.
-            if (c.save_every and trainer.step % c.save_every == 0) or loop.stopping:
-                runs.save_run_checkpoint(trainer, run_dir, keep=c.keep_checkpoints)
-            loop.show(f"reward {record['reward_mean']:.3f}")
+            loop.finish_step(record, save_every=c.save_every, keep_checkpoints=c.keep_checkpoints,
+                             text=f"reward {record['reward_mean']:.3f}")
             if loop.stopping:
                 break
     if not loop.stopping and c.max_feedback_failures and 0 < trainer.step <= trainer.feedback_failures_in_row:

@@ -1,7 +1,7 @@
 """The bookkeeping every training loop shares around its steps: the budget (steps and training seconds), the run
-of non-finite steps that stops a run, and the progress bar.
+of non-finite steps that stops a run, the heartbeat, the end of a step (log, checkpoint) and the progress bar.
 
-A loop keeps its own order of work within a step; :class:`StepLoop` only counts::
+A loop keeps its own order of work within a step; :class:`StepLoop` counts and closes each one::
 
     with StepLoop(trainer, max_steps=..., time_budget_s=..., max_nonfinite_steps=..., progress=..., label=...,
                   run_dir=...) as loop:
@@ -9,8 +9,8 @@ A loop keeps its own order of work within a step; :class:`StepLoop` only counts:
             metrics = ... one step ...
             nonfinite = loop.count_step(metrics)   # advances trainer.step and the non-finite counters, heartbeat
             loop.add_time(seconds)
-            ... evaluate, log, then checkpoint (always when loop.stopping) ...
-            loop.show(f"loss {loss:.4f}")
+            ... evaluate ...
+            loop.finish_step(record, save_every=..., keep_checkpoints=..., text=f"loss {loss:.4f}")
             if loop.stopping:                   # max_nonfinite_steps in a row ("nonfinite"), or loop.stop(reason)
                 break
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlxf.runs.run_dir import progress_bar
+from rlxf.runs.run_dir import progress_bar, save_run_checkpoint
 
 __all__ = ["StepLoop"]
 
@@ -30,12 +30,12 @@ class StepLoop:
     """Counts the steps of ``trainer``'s loop against its budget; ``stop_reason`` says why it ended."""
 
     def __init__(self, trainer: Any, *, max_steps: int, time_budget_s: float, max_nonfinite_steps: int,
-                 progress: bool, label: str, run_dir: Any = None):
+                 progress: bool, label: str, run_dir: Any):
         self.trainer = trainer
         self.max_steps = max_steps
         self.budget = time_budget_s if time_budget_s > 0 else None
         self.max_nonfinite_steps = max_nonfinite_steps
-        self.run_dir = run_dir  # a RunDir gets a heartbeat at every step
+        self.run_dir = run_dir  # the RunDir: metrics, checkpoints and a heartbeat at every step
         self.stop_reason = "max_steps"
         self.stopping = False
         self.step_seconds: list[float] = []
@@ -70,8 +70,7 @@ class StepLoop:
         t.nonfinite_total += int(nonfinite)
         if t.nonfinite_in_row >= self.max_nonfinite_steps:
             self.stop("nonfinite")
-        if self.run_dir is not None:
-            self.run_dir.heartbeat(t.step)
+        self.run_dir.heartbeat(t.step)
         return nonfinite
 
     def stop(self, reason: str) -> None:
@@ -82,6 +81,16 @@ class StepLoop:
     def add_time(self, seconds: float) -> None:
         self.trainer.train_clock += seconds
         self.step_seconds.append(seconds)
+
+    def finish_step(self, record: dict[str, Any], *, save_every: int, keep_checkpoints: int, text: str) -> None:
+        """The end of a step: log ``record`` to the run's metrics, checkpoint when due (every ``save_every`` steps,
+        and when stopping), then :meth:`show` ``text``. The checkpoint comes after the step's clock, evaluation
+        and log line, so a resume counts all three, and a crash between log and checkpoint repeats a step rather
+        than losing one."""
+        self.run_dir.log(record)
+        if (save_every and self.trainer.step % save_every == 0) or self.stopping:
+            save_run_checkpoint(self.trainer, self.run_dir, keep=keep_checkpoints)
+        self.show(text)
 
     def show(self, text: str) -> None:
         """Advance the bar (by training seconds under a budget, else by steps) with ``text`` and the latest held-out
