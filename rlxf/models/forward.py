@@ -13,11 +13,25 @@ with the log-softmax chunk by chunk, so no ``(N, T, V)`` float32 tensor ever exi
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers import DynamicCache
 
 from rlxf.data.batching import left_padded_positions, pad_left, pad_right
 from rlxf.ops import logprobs_from_hidden
+
+
+def cache_kwargs(module: torch.nn.Module, cache) -> dict:
+    """``{name: cache}`` for ``module.forward``'s KV-cache keyword: ``cache`` in the transformers releases that renamed
+    it (the old ``past_key_values`` then warns on every call), ``past_key_values`` in those before."""
+    return {_cache_keyword(type(module)): cache}
+
+
+@functools.cache
+def _cache_keyword(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def _decoder_and_head(model):
@@ -69,8 +83,8 @@ def completion_logprobs(
     ids, attn = ids.to(device), attn.to(device)
     cache = DynamicCache(config=model.config)
     prefix = decoder(
-        input_ids=ids, attention_mask=attn.long(), position_ids=left_padded_positions(attn), past_key_values=cache,
-        use_cache=True,
+        input_ids=ids, attention_mask=attn.long(), position_ids=left_padded_positions(attn),
+        **cache_kwargs(decoder, cache), use_cache=True,
     ).last_hidden_state[:, -1:, :]  # predicts each completion's first token
     if n > 1:
         cache.batch_repeat_interleave(n)
@@ -84,7 +98,7 @@ def completion_logprobs(
         positions = start + torch.arange(width - 1, device=device)[None, :]
         body = decoder(
             input_ids=completion_ids[:, :-1], attention_mask=full_attn.long(), position_ids=positions,
-            past_key_values=cache, use_cache=True,
+            **cache_kwargs(decoder, cache), use_cache=True,
         ).last_hidden_state
         hidden = torch.cat([prefix, body], dim=1)
     return logprobs_from_hidden(

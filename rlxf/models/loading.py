@@ -8,14 +8,17 @@ renamed into place, so an interrupted first load never leaves a half-written mod
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 from rlxf.models.tiny import tiny_model, tiny_tokenizer
 
@@ -76,13 +79,27 @@ def _strip_gguf_quantizer(model) -> None:
     model.is_quantized = False
 
 
+@contextlib.contextmanager
+def _no_transformers_bars() -> Iterator[None]:
+    """transformers' own "Loading weights" / "Writing model shards" bars off for the block (the run's progress bar
+    is the one line a user watches), then as they were; its warnings are untouched."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def save_policy(model, tokenizer, path: str | os.PathLike) -> Path:
     """Save a policy as safetensors + tokenizer that ``AutoModelForCausalLM.from_pretrained`` loads back."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if getattr(model, "hf_quantizer", None) is not None:
         _strip_gguf_quantizer(model)
-    model.save_pretrained(path, safe_serialization=True)
+    with _no_transformers_bars():
+        model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path
@@ -108,7 +125,8 @@ def load_policy(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch
                 f"model '{name_or_path}' is neither 'smollm2', 'tiny' nor an existing directory"
             )
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device)
+    with _no_transformers_bars():
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -15,6 +15,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from rlxf.data.batching import left_padded_positions, pad_left
+from rlxf.models.forward import cache_kwargs
 from rlxf.rollout.base import Rollout, TokenSampler, check_generate_args, load_state_into
 
 __all__ = ["TransformersGenerator"]
@@ -24,7 +25,8 @@ class TransformersGenerator:
     """Token-in/token-out generation with a transformers model.
 
     Args:
-        model: a causal LM whose forward accepts ``past_key_values``, ``position_ids`` and ``logits_to_keep``.
+        model: a causal LM whose forward accepts a KV cache (``cache``, or ``past_key_values`` in older
+            transformers), ``position_ids`` and ``logits_to_keep``.
             The generator samples with this module's weights; ``load_weights`` copies new ones into it (nothing
             is copied when they are this module's own, as when the generator shares the training module).
         eos_token_ids: token ids that end a completion.
@@ -64,7 +66,7 @@ class TransformersGenerator:
         ids, attn = ids.to(device), attn.to(device)
         cache = DynamicCache(config=model.config)
         logits = self._forward(input_ids=ids, attention_mask=attn.long(), position_ids=left_padded_positions(attn),
-                               past_key_values=cache)
+                               **cache_kwargs(model, cache))
         if n > 1:
             cache.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)
@@ -78,7 +80,7 @@ class TransformersGenerator:
             nonlocal attn
             attn = torch.cat([attn, torch.ones((rows, 1), dtype=torch.bool, device=device)], dim=1)
             return self._forward(input_ids=token[:, None], attention_mask=attn.long(), position_ids=next_pos + t,
-                                 past_key_values=cache)
+                                 **cache_kwargs(model, cache))
 
         sampler.decode(logits, next_logits)
         model.train(was_training)

@@ -94,3 +94,27 @@ def test_default_smollm2_loads_with_its_chat_template():
     with torch.no_grad():
         logits = model(input_ids=ids).logits
     assert torch.isfinite(logits).all() and logits.shape == (1, ids.shape[1], len(tokenizer))
+
+
+def test_saving_and_loading_print_no_bars_or_warnings(tmp_path, capfd):
+    """The run's progress bar is the one line a user watches: transformers' own bars stay off while rlxf saves and
+    loads a policy (and are back on after), and the cached forward and the generator pass the KV cache by the
+    keyword this transformers takes (the old one warns on every call)."""
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    from rlxf.rollout import TransformersGenerator
+
+    model, tokenizer = load_policy("tiny")
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        save_policy(model, tokenizer, tmp_path / "m")
+        loaded, tokenizer = load_policy(str(tmp_path / "m"))
+        generator = TransformersGenerator(loaded, eos_token_ids={tokenizer.eos_token_id},
+                                          pad_token_id=tokenizer.pad_token_id)
+        generator.generate([[1, 2, 3]], n=2, max_new_tokens=3, rng=torch.Generator().manual_seed(0))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert transformers_logging.is_progress_bar_enabled()
