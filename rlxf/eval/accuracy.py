@@ -18,7 +18,7 @@ from rlxf.data import arithmetic_rows, context_of, encode_prompts
 from rlxf.eval.stats import pass_at_k, wilson_interval
 from rlxf.feedback import make_feedback
 from rlxf.models import load_policy
-from rlxf.rollout import Generator, TransformersGenerator
+from rlxf.rollout import Generator, make_generator
 
 
 def _correct(scores) -> list[bool]:
@@ -44,13 +44,14 @@ def evaluate_accuracy(
 ) -> dict[str, Any]:
     """Greedy accuracy (``samples == 1``) or pass@1..k from ``samples`` sampled replies per prompt.
 
-    Replies come from ``generator`` (default: a ``TransformersGenerator`` on ``model`` with ``autocast_dtype``).
+    Replies come from ``generator`` (default: ``rlxf.rollout.make_generator`` on ``model`` with ``autocast_dtype``:
+    the fast llama sampler where the model allows it, else transformers).
 
     Returns ``n``, ``correct``, ``accuracy``, ``ci95`` (Wilson), ``mean_completion_tokens``, ``seconds``,
     ``replies`` (text and verdict per item) and, when sampling, ``pass@k`` for k = 1, 2, 4, ... <= samples.
     """
     prompt_ids = prompt_ids if prompt_ids is not None else encode_prompts(tokenizer, rows)
-    generator = generator or TransformersGenerator(
+    generator = generator or make_generator(
         model, eos_token_ids={tokenizer.eos_token_id}, pad_token_id=tokenizer.pad_token_id,
         autocast_dtype=autocast_dtype)
     rng = torch.Generator().manual_seed(seed)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import time
 
 import torch
 
-__all__ = ["autocast_context", "bf16_is_faster", "resolve_precision"]
+__all__ = ["BF16_MARGIN", "autocast_context", "bf16_is_faster", "bf16_speedup", "resolve_precision"]
 
 
 def autocast_context(device: torch.device | str, precision: str):
@@ -16,33 +18,50 @@ def autocast_context(device: torch.device | str, precision: str):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``"bf16"``/``"fp32"`` as given; ``"auto"`` is bf16 where :func:`bf16_is_faster`, else fp32."""
+def resolve_precision(precision: str, device: torch.device | str, *, rows: int = 256) -> str:
+    """``"bf16"``/``"fp32"`` as given; ``"auto"`` is bf16 where :func:`bf16_is_faster` for matrix products of
+    ``rows`` rows (a training batch's tokens, or the rows of one decode step), else fp32."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if precision != "auto":
         return precision
-    return "bf16" if bf16_is_faster(device) else "fp32"
+    return "bf16" if bf16_is_faster(device, rows=rows) else "fp32"
 
 
-def bf16_is_faster(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 matmuls beat fp32 here: always on CUDA; on CPU only with AMX/AVX512-BF16 kernels.
+# bf16 must win by this much: below it the gain does not pay for bf16's rounding and the autocast casts.
+BF16_MARGIN = 1.3
 
-    A CPU without bf16 instructions emulates them (measured: ~30 GFLOP/s bf16 vs ~110 fp32 on one AVX-512
-    core), while one with AMX runs them ~6x faster than fp32. A 3-repeat micro-benchmark (~50 ms) decides
-    rather than parsing CPU flags, so it also holds under emulators and odd VMs.
+
+def bf16_is_faster(device: torch.device | str = "cpu", *, rows: int = 256) -> bool:
+    """Whether bf16 matmuls beat fp32 by :data:`BF16_MARGIN` here for ``rows``-row products: always on CUDA; on CPU
+    by :func:`bf16_speedup`, measured.
+
+    A CPU without bf16 instructions emulates them (measured: ~30 GFLOP/s bf16 vs ~110 fp32 on one AVX-512 core),
+    while one with AMX runs them ~6x faster than fp32, and AVX512-BF16 sits in between and depends on the shape,
+    so a micro-benchmark decides rather than CPU flags (it also holds under emulators and odd VMs).
     """
     device = torch.device(device)
     if device.type == "cuda":
         return True
+    return bf16_speedup(rows) > BF16_MARGIN
 
-    def seconds(dtype):
-        a = torch.randn(256, 576, dtype=dtype)
-        b = torch.randn(576, 1536, dtype=dtype)
+
+@functools.cache
+def bf16_speedup(rows: int = 256) -> float:
+    """fp32 seconds / bf16 seconds of a ``(rows, 576) @ (576, 1536)`` product on this CPU (SmolLM2's MLP shape),
+    best of 5 after a warm-up; > 1 means bf16 is faster. Measured once per process and shape (~50 ms), with a
+    private random generator, so the probe never moves the global RNG a run seeds."""
+    rng = torch.Generator().manual_seed(0)
+
+    def seconds(dtype: torch.dtype) -> float:
+        a = torch.randn(rows, 576, generator=rng).to(dtype)
+        b = torch.randn(576, 1536, generator=rng).to(dtype)
         a @ b
-        start = time.perf_counter()
-        for _ in range(3):
+        best = math.inf
+        for _ in range(5):
+            start = time.perf_counter()
             a @ b
-        return time.perf_counter() - start
+            best = min(best, time.perf_counter() - start)
+        return best
 
-    return seconds(torch.bfloat16) * 1.3 < seconds(torch.float32)
+    return seconds(torch.float32) / seconds(torch.bfloat16)

@@ -392,7 +392,8 @@ def _run(config: Config) -> dict[str, Any]:
     )
     if not config.frozen and model.config.backbone_kind == "hashed_bow":
         raise ConfigError("the hashed_bow backbone has no weights to train; use frozen=true")
-    run_dir = RunDir(Path(config.output_dir) / name).create(config_to_yaml(config, recipe="reward-model"))
+    run_dir = RunDir(Path(config.output_dir) / name).create(config_to_yaml(config, recipe="reward-model"),
+                                                             report_to=config.report_to)
     print(f"run directory: {run_dir.path}")
     print(f"data: {split['split']}: {split['train_pairs']} training pairs, {split['heldout_pairs']} held out, "
           f"{split['skipped_rows']} rows skipped")

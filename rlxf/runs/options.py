@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch
 
 from rlxf.config import ConfigError, check_config, option
+from rlxf.runs.trackers import TRACKERS
 
 __all__ = ["OptimizerOptions", "ResumableRunOptions", "RunOptions", "build_optimizer", "check_run_name",
            "clip_gradients", "resolve_device", "set_threads"]
@@ -24,6 +25,9 @@ class RunOptions:
         None, "Run directory name inside output_dir, a plain name (default: the objective or recipe and a timestamp).")
     progress: bool = option(True, "Show progress while training.")
     plots: bool = option(True, "Write PNG plots of the run's curves to <run>/plots at the end.")
+    report_to: list[str] = option(
+        [], "Trackers that get every metrics line besides metrics.jsonl: tensorboard (event files in "
+            "<run>/tensorboard; view with `tensorboard --logdir runs`).", choices=TRACKERS)
 
     def __post_init__(self) -> None:
         check_config(self)  # ranges and finiteness, for configs made in Python as for those from the CLI
@@ -39,7 +43,7 @@ class ResumableRunOptions(RunOptions):
     # and display. Anything else would make the resumed run a different run than the one its checkpoints belong to.
     RESUME_CHANGEABLE: ClassVar[tuple[str, ...]] = (
         "resume", "checkpoint", "max_steps", "time_budget_s", "eval_every", "save_every", "keep_checkpoints",
-        "max_nonfinite_steps", "progress", "plots", "threads")
+        "max_nonfinite_steps", "progress", "plots", "threads", "report_to")
 
     resume: str | None = option(
         None, "Run directory to resume, with its own config; only budgets and bookkeeping (max_steps, time_budget_s, "

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlxf.config import ConfigError, UserError, build_config, config_to_yaml
 from rlxf.runs.checkpoint import CheckpointError, complete_checkpoints, first_nonfinite_parameter, prune_checkpoints
+from rlxf.runs.trackers import TensorBoardWriter, make_trackers
 
 
 class RunDir:
@@ -33,13 +34,17 @@ class RunDir:
         self.plots = self.path / "plots"
         self.checkpoints = self.path / "checkpoints"
         self.final = self.path / "final"
+        self.trackers: list[TensorBoardWriter] = []
 
-    def create(self, config_yaml: str, *, resume: bool = False) -> RunDir:
+    def create(self, config_yaml: str, *, resume: bool = False, report_to: Sequence[str] = ()) -> RunDir:
+        """Make the directory (refused if a run is there, unless resuming it), write ``config.yaml`` and status
+        ``running``, and open the trackers named in ``report_to`` (e.g. ``tensorboard``)."""
         if self.path.exists() and not resume and (not self.path.is_dir() or any(self.path.iterdir())):
             raise ConfigError(f"run directory {self.path} already exists; pick another run_name (or resume it)")
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(config_yaml)
         self.set_status("running")
+        self.trackers = make_trackers(list(report_to), self.path)
         return self
 
     def set_status(self, status: str, **extra: Any) -> None:
@@ -59,6 +64,9 @@ class RunDir:
         return json.loads(p.read_text()) if p.exists() else None
 
     def log(self, record: dict[str, Any]) -> None:
+        """One line of ``metrics.jsonl``, and the same record to every tracker (at its ``step``, else ``epoch``)."""
+        for tracker in self.trackers:
+            tracker.log(record, step=int(record.get("step", record.get("epoch", 0))))
         # json.dumps writes float NaN/inf as bare NaN/Infinity (not JSON) without consulting `default`.
         record = {k: _jsonable(v) for k, v in record.items()}
         with self.metrics_path.open("a") as f:
@@ -239,7 +247,7 @@ def open_run_dir(trainer: Any, config_yaml: str, *, default_name: str) -> RunDir
     checkpoint that cannot be read is named with the previous complete one to resume from instead."""
     c = trainer.config
     if not c.resume:
-        return RunDir(check_new_run_dir(c, default_name)).create(config_yaml)
+        return RunDir(check_new_run_dir(c, default_name)).create(config_yaml, report_to=c.report_to)
     run_dir = RunDir(c.resume)
     state = run_state(run_dir.path)
     if state["state"] == "running" and state.get("pid") != os.getpid():
@@ -256,7 +264,7 @@ def open_run_dir(trainer: Any, config_yaml: str, *, default_name: str) -> RunDir
                  if earlier else "there is no earlier checkpoint")
         what = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise CheckpointError(f"checkpoint {checkpoint} cannot be read ({what}); {offer}") from None
-    run_dir.create(config_yaml, resume=True)
+    run_dir.create(config_yaml, resume=True, report_to=c.report_to)
     run_dir.truncate_metrics(trainer.step)
     print(f"resumed {run_dir.path} at step {trainer.step} ({trainer.train_clock:.0f} s trained, {checkpoint.name})")
     return run_dir

@@ -216,3 +216,20 @@ def test_smollm2_greedy_equals_transformers_generator():
     assert fast.finished.any() and not fast.finished.all()
     # 30 float32 layers: the two forwards round differently by ~1e-5 in log-prob.
     torch.testing.assert_close(fast.sampler_logps, slow.sampler_logps, rtol=0, atol=1e-4)
+
+
+def test_make_generator_picks_the_fast_engine_where_it_can():
+    from rlxf.rollout import FastLlamaGenerator, TransformersGenerator, make_generator
+
+    model, tokenizer = load_policy("tiny", seed=0)
+    special = {"eos_token_ids": {tokenizer.eos_token_id}, "pad_token_id": tokenizer.pad_token_id}
+    assert type(make_generator(model, **special)) is FastLlamaGenerator
+    assert type(make_generator(model, kind="fast", **special)) is FastLlamaGenerator
+    assert type(make_generator(model, kind="transformers", **special)) is TransformersGenerator
+    # bf16 autocast sampling is the transformers engine's; the fast one computes in the model's dtype.
+    autocast = make_generator(model, autocast_dtype=torch.bfloat16, **special)
+    assert type(autocast) is TransformersGenerator and autocast.autocast_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="takes no autocast"):
+        make_generator(model, kind="fast", autocast_dtype=torch.bfloat16, **special)
+    with pytest.raises(ValueError, match="unknown generator 'vllm'"):
+        make_generator(model, kind="vllm", **special)
