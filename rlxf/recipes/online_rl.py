@@ -358,8 +358,8 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
                 result = executor.step(trainer.stages, rows, version=trainer.step + 1)
             except FeedbackSourceFailed as exc:  # the step is lost; the weights are those after the last one
                 trainer.note_feedback_failure(exc)
-                if runs.latest_checkpoint(run_dir.path) is None or \
-                        runs.latest_checkpoint(run_dir.path).name != f"step-{trainer.step:06d}":
+                latest = runs.latest_checkpoint(run_dir.path)
+                if latest is None or latest.name != f"step-{trainer.step:06d}":  # else that step is saved already
                     runs.save_run_checkpoint(trainer, run_dir, keep=c.keep_checkpoints)
                 loop.stop(str(exc))
                 break
