@@ -379,7 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM while a run trains (rlxf.runs.Terminated)
-        print("rlxf: interrupted (runs with checkpoints continue with resume=<run dir>)", file=sys.stderr)
+        # A run says where it stopped and how to resume (rlxf.runs.run_recording_status); elsewhere, the generic line.
+        message = getattr(e, "rlxf_message", "interrupted (runs with checkpoints continue with resume=<run dir>)")
+        print(f"rlxf: {message}", file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)
     except Exception as e:
         message = _user_error(e)

@@ -241,11 +241,12 @@ class Trainer:
         self.learner = Learner.create(c, model, precision=precision, pad_token_id=self.tokenizer.pad_token_id)
         self.config = replace(c, loss=self.learner.hyperparameters)  # config.yaml records every value used
         autocast = torch.bfloat16 if generation_precision == "bf16" else None
-        if c.generator == "fast" and autocast is not None:  # generation_precision=auto chose bf16
-            raise ConfigError("generator=fast samples in fp32, but generation_precision=auto chose bf16 on this "
-                              "machine; set generation_precision=fp32 or generator=transformers")
         special = {"eos_token_ids": {self.tokenizer.eos_token_id}, "pad_token_id": self.tokenizer.pad_token_id}
-        self.generator = make_generator(model, kind=c.generator, autocast_dtype=autocast, **special)
+        try:
+            self.generator = make_generator(model, kind=c.generator, autocast_dtype=autocast, **special)
+        except ValueError as exc:  # e.g. generator=fast where generation_precision=auto chose bf16 on this machine
+            raise ConfigError(f"bad value for 'generator': {exc} (sampling precision: {generation_precision})") \
+                from None
         # Held-out evaluation decodes greedily in fp32 whatever the sampling precision, so its figures compare.
         self.eval_generator = self.generator if autocast is None else make_generator(model, kind=c.generator,
                                                                                      **special)

@@ -46,8 +46,9 @@ class ResumableRunOptions(RunOptions):
         "max_nonfinite_steps", "progress", "plots", "threads", "report_to")
 
     resume: str | None = option(
-        None, "Run directory to resume, with its own config; only budgets and bookkeeping (max_steps, time_budget_s, "
-              "eval_every, save_every, keep_checkpoints, progress, plots, threads) may be changed alongside.")
+        None, "Run directory to resume, with its own config; only budgets and bookkeeping ("
+              + ", ".join(k for k in RESUME_CHANGEABLE if k not in ("resume", "checkpoint"))
+              + "; epochs offline) may be changed alongside.")
     checkpoint: str | None = option(
         None, "With resume: the checkpoint to resume from, e.g. step-000050 (default: the latest complete one).")
     save_every: int = option(50, "Checkpoint every N steps (0 = only at the end).", ge=0)

@@ -39,7 +39,7 @@ class RunDir:
     def create(self, config_yaml: str, *, resume: bool = False, report_to: Sequence[str] = ()) -> RunDir:
         """Make the directory (refused if a run is there, unless resuming it), write ``config.yaml`` and status
         ``running``, and open the trackers named in ``report_to`` (e.g. ``tensorboard``)."""
-        if self.path.exists() and not resume and (not self.path.is_dir() or any(self.path.iterdir())):
+        if not resume and _occupied(self.path):
             raise ConfigError(f"run directory {self.path} already exists; pick another run_name (or resume it)")
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(config_yaml)
@@ -81,6 +81,11 @@ class RunDir:
         """Drop records of steps beyond a checkpoint before resuming, so every step is logged once."""
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= after_step]
         self.metrics_path.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in kept))
+
+
+def _occupied(path: Path) -> bool:
+    """Whether a new run may not be written at ``path``: something is there (a file, or a non-empty directory)."""
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
 def _jsonable(value: Any) -> Any:
@@ -133,10 +138,10 @@ def run_recording_status(run_dir: RunDir, loop: Callable[[], dict[str, Any]], *,
         run_dir.set_status("interrupted" if interrupted else "failed", step=step(),
                            error=f"{type(exc).__name__}: {exc}".rstrip(": "),
                            resume_from=latest[-1].name if latest else None)
-        if interrupted:
-            print(f"interrupted at step {step()}: " + (f"resume with resume={run_dir.path} (from {latest[-1].name})"
-                                                        if latest else "no checkpoint was written yet"),
-                  file=sys.stderr)
+        if interrupted:  # the command line prints it as its one line (rlxf.cli)
+            exc.rlxf_message = f"interrupted at step {step()}; " + (
+                f"resume with resume={run_dir.path} (from {latest[-1].name})" if latest
+                else "no checkpoint was written yet")
         raise
     (run_dir.path / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
@@ -234,7 +239,7 @@ def check_new_run_dir(config: Any, default_name: str) -> Path:
     """The directory a new run will write (``output_dir/(run_name or default_name)``), or a one-line ConfigError
     if a run is already there; checked before a model is loaded."""
     path = Path(config.output_dir) / (config.run_name or default_name)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if _occupied(path):
         raise ConfigError(f"run directory {path} already exists; pick another run_name, or continue that run "
                           f"with resume={path}")
     return path

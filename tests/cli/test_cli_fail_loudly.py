@@ -331,6 +331,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, prompts):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "rlxf: interrupted" in err and "Traceback" not in err and f"resume={out / 'r'}" in err
+    assert err.strip().splitlines() == [err.strip()]  # one line, with the checkpoint to resume from
     status = _json(out / "r" / "status.json")
     assert status["status"] == "interrupted" and "SIGTERM" in status["error"]
     assert status["resume_from"] == complete_checkpoints(out / "r" / "checkpoints")[-1].name

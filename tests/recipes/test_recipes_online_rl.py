@@ -442,3 +442,12 @@ def test_the_grpo_preset_and_help_say_which_aggregation_runs():
     for mode, objective in re.findall(rf"({modes}) for (\w+)", help_text):
         assert get_objective(objective).default_aggregation == mode, (mode, objective)
     assert _objective_summary(get_objective("grpo")).startswith("[grpo, seq_mean_token_mean] GRPO")
+
+
+def test_fast_generator_where_auto_chose_bf16_sampling_is_a_config_error(copy_task, tmp_path, monkeypatch):
+    """generator=fast computes in fp32: where generation_precision=auto measured bf16 faster, the generator's own
+    refusal reaches the user as one config line, before a run directory exists."""
+    monkeypatch.setattr(online_rl, "resolve_precision", lambda precision, device, rows=256: "bf16")
+    with pytest.raises(ConfigError, match=r"bad value for 'generator': .*takes no autocast.*sampling precision: bf16"):
+        run(_config(copy_task, tmp_path, "fast-bf16", generator="fast", generation_precision="auto"))
+    assert not (tmp_path / "fast-bf16").exists()
