@@ -451,3 +451,15 @@ def test_fast_generator_where_auto_chose_bf16_sampling_is_a_config_error(copy_ta
     with pytest.raises(ConfigError, match=r"bad value for 'generator': .*takes no autocast.*sampling precision: bf16"):
         run(_config(copy_task, tmp_path, "fast-bf16", generator="fast", generation_precision="auto"))
     assert not (tmp_path / "fast-bf16").exists()
+
+
+def test_held_out_evaluation_decodes_on_the_fast_engine_in_fp32(copy_task, tmp_path):
+    """Evaluation decodes with the run's engine (the fast one here), and in fp32 even when sampling is bf16, so the
+    held-out figures of runs that sample differently compare."""
+    from rlxf.rollout import FastLlamaGenerator, TransformersGenerator
+
+    trainer = online_rl.Trainer(_config(copy_task, tmp_path, "eval-engine"))
+    assert type(trainer.generator) is FastLlamaGenerator and trainer.eval_generator is trainer.generator
+    bf16 = online_rl.Trainer(_config(copy_task, tmp_path, "eval-bf16", generation_precision="bf16"))
+    assert type(bf16.generator) is TransformersGenerator and bf16.generator.autocast_dtype == torch.bfloat16
+    assert type(bf16.eval_generator) is FastLlamaGenerator
