@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from rlxf.feedback.base import Scores, check_batch
+from rlxf.feedback.pairwise import check_pair_batch
 
 __all__ = ["GoldRewardModel", "make_synthetic_pairs", "IntransitiveOracle", "words"]
 
@@ -163,7 +164,12 @@ class IntransitiveOracle:
     c(y) is `classify(y)` (an index or None), by default the first class name that occurs in y as a whole
     word (case-insensitive). Against an unclassified response a classified one wins with probability
     `classified_win_prob` (default 0.5: no information); two unclassified responses tie at 0.5.
+
+    `compare` makes it a `rlxf.feedback.pairwise.PairwiseFeedback` (the pairwise judge of the online preference
+    recipes and of the tabular games in `rlxf.eval.games`).
     """
+
+    name = "intransitive_oracle"
 
     def __init__(self, classes: Sequence[str] = ("rock", "paper", "scissors"), *, strength: float = 1.0,
                  classified_win_prob: float = 0.5, classify: Callable[[str], int | None] | None = None):
@@ -210,6 +216,19 @@ class IntransitiveOracle:
             else:
                 out.append(self.classified_win_prob if cx is not None else 1.0 - self.classified_win_prob)
         return torch.tensor(out, dtype=torch.float32)
+
+    def compare(self, prompts: list[str], completions_a: list[str], completions_b: list[str],
+                **context: list[Any]) -> Scores:
+        """As a `rlxf.feedback.pairwise.PairwiseFeedback`: values = `prefer(...)`, P(a_i > b_i), float32 `(B,)`;
+        info ``class_a`` / ``class_b`` (class name or None) and ``source`` ("intransitive_oracle")."""
+        n = check_pair_batch(prompts, completions_a, completions_b, source=self.name)
+        values = self.prefer(prompts, completions_a, completions_b)
+
+        def names(texts):
+            return [None if (c := self.classify(t)) is None else self.classes[c] for t in texts]
+
+        info = {"class_a": names(completions_a), "class_b": names(completions_b), "source": [self.name] * n}
+        return Scores(values, info)
 
     def sample(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], *, seed: int) -> list[bool]:
         """One Bernoulli draw per pair: True where a is preferred (random.Random(seed))."""

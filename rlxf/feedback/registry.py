@@ -15,10 +15,39 @@ from rlxf.feedback.contained import python_function
 from rlxf.feedback.judges import CritiqueJudge, PairwiseJudge, PointwiseJudge
 from rlxf.feedback.math import MathAnswerVerifier
 from rlxf.feedback.oracles import GoldRewardModel
+from rlxf.feedback.pairwise import BradleyTerryPairwise
 from rlxf.feedback.reward_model import RewardModelFeedback
+from rlxf.feedback.self_play import SelfPlayFeedback
 from rlxf.feedback.verifiers import ArithmeticVerifier, NumericAnswerVerifier
 
 __all__ = ["FEEDBACK", "register_feedback", "make_feedback", "list_feedback", "make_feedback_from_spec"]
+
+
+def _self_play(source: str, **options: Any) -> Feedback:
+    """`self_play:<spec>`: `SelfPlayFeedback` over the feedback that `<spec>` builds, read through
+    `BradleyTerryPairwise` when it has no ``compare`` (a pointwise score r: P(a better) = sigmoid(r_a - r_b)).
+    Keywords after the inner spec's own (`self_play:pairwise_judge:mode=text,batch_size=2`) belong to it: the
+    spec parser hands them over as `options`, and they are written back onto the inner spec here."""
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError("self_play needs the spec of a pairwise source, e.g. self_play:pairwise_judge")
+    if options:
+        extra = ",".join(f"{key}={_spec_text(value)}" for key, value in options.items())
+        source = f"{source},{extra}" if ":" in source else f"{source}:{extra}"
+    if source.partition(":")[0].strip() == "self_play":
+        raise ValueError("self_play cannot wrap self_play")
+    inner = make_feedback_from_spec(source)
+    pairwise = inner if callable(getattr(inner, "compare", None)) else BradleyTerryPairwise(inner)
+    return SelfPlayFeedback(pairwise)
+
+
+def _spec_text(value: Any) -> str:
+    """A value as `_scalar` reads it back: quoted text, true/false, null, or the number."""
+    if isinstance(value, str):
+        return f'"{value}"' if "'" in value else f"'{value}'"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value)
+
 
 # name -> (factory taking the feedback's keyword arguments, one-line summary for `rlxf list`)
 FEEDBACK: dict[str, tuple[Callable[..., Feedback], str]] = {
@@ -65,6 +94,10 @@ FEEDBACK: dict[str, tuple[Callable[..., Feedback], str]] = {
     "python_function": (
         python_function,
         "a user reward function (`path`='module:function' or 'file.py:function') in a contained worker process",
+    ),
+    "self_play": (
+        _self_play,
+        "SPO: each completion's win rate against the others of its prompt, by a pairwise source (self_play:<spec>)",
     ),
 }
 

@@ -6,8 +6,10 @@ Imports only `rlxf.ops` and torch. `OBJECTIVES` / `get_objective(name)` map conf
 from rlxf.objectives.base import LossOutput
 from rlxf.objectives.cpl import cpl_loss
 from rlxf.objectives.cringe import cringe_pairwise_loss
+from rlxf.objectives.general_preference import inpo_loss, nash_md_loss, sppo_loss
 from rlxf.objectives.group_robust import group_mean_losses, group_robust_dpo_loss, update_group_weights
 from rlxf.objectives.kto import kto_loss
+from rlxf.objectives.online_preference import hypo_loss, vpo_loss, xpo_loss
 from rlxf.objectives.policy_gradient import grpo_loss, ppo_clip_loss, reinforce_loss, rloo_loss
 from rlxf.objectives.preference import (
     FDPO_DIVERGENCES,
@@ -36,12 +38,15 @@ from rlxf.objectives.reward_model import (
     reward_centering_penalty,
     soft_bt_loss,
 )
+from rlxf.objectives.supervised import sft_loss
 
 __all__ = [
     "bradley_terry_loss", "cdpo_loss", "cpl_loss", "cringe_pairwise_loss", "discopop_loss", "dpo_loss",
     "fdpo_alpha_loss", "FDPO_DIVERGENCES", "fdpo_forward_kl_loss", "fdpo_js_loss", "fdpo_loss",
     "fdpo_reverse_kl_loss", "get_objective", "group_mean_losses", "group_robust_dpo_loss", "grpo_loss", "hdpo_loss",
-    "hinge_loss", "ipo_loss", "kto_loss", "list_objectives", "LossOutput", "mmpo_loss", "OBJECTIVES", "orpo_loss",
-    "pinball_loss", "ppo_clip_loss", "quantile_bt_loss", "register", "reinforce_loss", "reward_centering_penalty",
-    "rloo_loss", "robust_dpo_loss", "rpo_loss", "simpo_loss", "soft_bt_loss", "update_group_weights",
+    "hinge_loss", "inpo_loss", "ipo_loss", "kto_loss", "list_objectives", "LossOutput", "mmpo_loss", "nash_md_loss",
+    "OBJECTIVES", "orpo_loss", "pinball_loss", "ppo_clip_loss", "quantile_bt_loss", "register", "reinforce_loss",
+    "reward_centering_penalty", "rloo_loss", "robust_dpo_loss", "rpo_loss", "sft_loss", "simpo_loss", "soft_bt_loss",
+    "sppo_loss", "update_group_weights",
+    "hypo_loss", "vpo_loss", "xpo_loss",
 ]

@@ -7,7 +7,12 @@ cannot feed with a clear message:
   `rlxf.ops.aggregate`, mode `fn.default_aggregation`);
 - ``preference``: paired sequence-level log-probs `policy_chosen_logps`, ... `(B,)`; returns a per-pair loss `(B,)`;
 - ``unpaired``: one completion per row with a desirable/undesirable label (KTO-style); per-row loss `(B,)`;
-- ``reward_model``: rewards of chosen/rejected `(B,)` (or quantiles), for reward-model training.
+- ``reward_model``: rewards of chosen/rejected `(B,)` (or quantiles), for reward-model training;
+- ``supervised``: per-token `(B, T)` log-probs of demonstrations and a mask (SFT); per-token loss `(B, T)`;
+- ``online_preference``: pairs as for ``preference`` plus tensors only an online loop has (log-probs of fresh
+  samples from the policy or the reference, or under the previous iterate pi_t); per-pair loss `(B,)`;
+- ``self_play``: one sampled completion per row, sequence log-probs `(B,)` and its estimated win rate against
+  an opponent policy (SPPO, Nash-MD); per-row loss `(B,)`.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from rlxf.ops import AGGREGATION_MODES
 
 __all__ = ["OBJECTIVES", "OBJECTIVE_KINDS", "register", "get_objective", "list_objectives"]
 
-OBJECTIVE_KINDS = ("policy_gradient", "preference", "unpaired", "reward_model")
+OBJECTIVE_KINDS = ("policy_gradient", "preference", "unpaired", "reward_model", "supervised", "online_preference",
+                   "self_play")
 # The command that trains a loss of each kind, unless the loss names its own (``register(recipe=...)``).
-DEFAULT_RECIPES = {"policy_gradient": "grpo", "preference": "dpo", "unpaired": "kto", "reward_model": "reward-model"}
+DEFAULT_RECIPES = {"policy_gradient": "grpo", "preference": "dpo", "unpaired": "kto", "reward_model": "reward-model",
+                   "supervised": "sft", "online_preference": "online-dpo", "self_play": "sppo"}
 
 OBJECTIVES: dict[str, Callable] = {}
 

@@ -130,6 +130,8 @@ def _hyperparameter_problem(fn: Callable, key: str, value: Any) -> str | None:
     if key == "beta":
         online = getattr(fn, "kind", None) == "policy_gradient"
         return None if (value >= 0 if online else value > 0) else f"must be {'>=' if online else '>'} 0"
+    if key == "alpha" and getattr(fn, "kind", None) == "online_preference" and not value >= 0:
+        return "must be >= 0 (the weight of the loss's exploration or value term)"
     if key == "epsilon" and not value < 0.5:
         return "must be < 0.5 (the probability that a pair's label is flipped)"
     low = _LOWER_BOUNDS.get(key)

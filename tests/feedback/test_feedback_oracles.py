@@ -8,8 +8,9 @@ import zlib
 import pytest
 import torch
 
-from rlxf.feedback import Feedback, make_feedback
+from rlxf.feedback import Feedback, FeedbackError, make_feedback
 from rlxf.feedback.oracles import GoldRewardModel, IntransitiveOracle, make_synthetic_pairs, words
+from rlxf.feedback.pairwise import PairwiseFeedback, validate_preferences
 
 # --- the gold reward -----------------------------------------------------------------------------------------
 
@@ -178,3 +179,17 @@ def test_intransitive_checks():
         IntransitiveOracle(strength=0.0)
     with pytest.raises(ValueError, match="not a class index"):
         IntransitiveOracle(classify=lambda text: 5).classify("x")
+
+
+def test_intransitive_oracle_is_pairwise_feedback():
+    """`compare` is `prefer` as a PairwiseFeedback: P(a > b) per pair, with each side's class in info; misaligned
+    batches raise like every pairwise source."""
+    oracle = IntransitiveOracle(strength=0.8)
+    assert isinstance(oracle, PairwiseFeedback)
+    scores = oracle.compare(["q"] * 3, ["paper", "rock", "hmm"], ["rock", "paper", "scissors"])
+    torch.testing.assert_close(scores.values, torch.tensor([0.9, 0.1, 0.5]))
+    assert scores.info == {"class_a": ["paper", "rock", None], "class_b": ["rock", "paper", "scissors"],
+                           "source": ["intransitive_oracle"] * 3}
+    validate_preferences(scores, 3)
+    with pytest.raises(FeedbackError, match="completions_b"):
+        oracle.compare(["q"] * 2, ["rock", "paper"], ["rock"])
