@@ -23,7 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "rlxf.objectives": {"rlxf.ops"},
     "rlxf.data": {"rlxf.ops"},
     "rlxf.models": {"rlxf.ops", "rlxf.data"},
-    "rlxf.rollout": {"rlxf.models", "rlxf.data"},
+    # ops sits below models; the mixture sampler (Nash-MD) reads its geometric_mixture_logprobs
+    "rlxf.rollout": {"rlxf.ops", "rlxf.models", "rlxf.data"},
     "rlxf.feedback": {"rlxf.ops", "rlxf.models", "rlxf.rollout", "rlxf.data"},
     "rlxf.runs": {"rlxf.models"},
     "rlxf.eval": {"rlxf.ops", "rlxf.objectives", "rlxf.data", "rlxf.models", "rlxf.rollout", "rlxf.feedback",

@@ -26,6 +26,41 @@ RECIPES: dict[str, Entry] = {
         "Offline preference optimisation from pairs (DPO; objective=ipo/simpo/orpo/...): SmolLM2 + LoRA on 512 HH "
         "pairs.",
     ),
+    "online-dpo": Entry(
+        "rlxf.recipes.online_preference",
+        "online_dpo.yaml",
+        "Online DPO / OAIF (Guo et al. 2024): sample K per prompt, compare (judge, reward model, verifier), DPO on "
+        "the best-vs-worst pair of fresh samples; objective=ipo/hinge/... for any pair loss.",
+    ),
+    "iterative-dpo": Entry(
+        "rlxf.recipes.online_preference",
+        "iterative_dpo.yaml",
+        "Iterative DPO (Xiong et al. 2024; Dong et al. 2024): DPO on best-vs-worst pairs against the previous "
+        "iterate pi_t, refreshed every round_steps.",
+    ),
+    "dno": Entry(
+        "rlxf.recipes.online_preference",
+        "dno.yaml",
+        "Direct Nash Optimization (Rosset et al. 2024): large-margin pairs by estimated win rate, contrastive loss "
+        "against pi_t, per round.",
+    ),
+    "xpo": Entry("rlxf.recipes.online_preference", "xpo.yaml",
+                 "Exploratory Preference Optimization (Xie et al. 2024): online DPO plus an exploration term on "
+                 "samples from the reference."),
+    "vpo": Entry("rlxf.recipes.online_preference", "vpo.yaml",
+                 "Value-Incentivized Preference Optimization (Cen et al. 2024): online DPO with an optimistic value "
+                 "term."),
+    "hypo": Entry("rlxf.recipes.online_preference", "hypo.yaml",
+                  "HyPO (Song et al. 2024): DPO plus a reverse-KL penalty estimated on the policy's own samples."),
+    "inpo": Entry("rlxf.recipes.online_preference", "inpo.yaml",
+                  "Iterative Nash Policy Optimization (Zhang et al. 2024): the no-regret squared loss against pi_t "
+                  "and pi_ref, per round."),
+    "sppo": Entry("rlxf.recipes.online_preference", "sppo.yaml",
+                  "Self-Play Preference Optimization (Wu et al. 2024): regress log pi/pi_t on each sample's estimated "
+                  "win rate against pi_t, per round."),
+    "nash-md": Entry("rlxf.recipes.online_preference", "nash_md.yaml",
+                     "Nash-MD-PG (Munos et al. 2023): policy gradient on P(y beats y') against the opponent, with a "
+                     "KL to the reference."),
     "kto": Entry(
         "rlxf.recipes.kto",
         None,
@@ -35,6 +70,12 @@ RECIPES: dict[str, Entry] = {
         "rlxf.recipes.group_robust_dpo",
         None,
         "Group-robust DPO: pairs with a 'group' field, an adversary reweighting the worst groups.",
+    ),
+    "sft": Entry(
+        "rlxf.recipes.sft",
+        "sft.yaml",
+        "Supervised fine-tuning: masked NLL on the assistant tokens of demonstrations (prompt/completion or chat "
+        "messages); default: SmolLM2 on 512 GSM8K worked solutions.",
     ),
     "reward-model": Entry(
         "rlxf.recipes.reward_model",

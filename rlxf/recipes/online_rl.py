@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 import math
 import random
 import statistics
@@ -47,16 +46,17 @@ import torch
 
 from rlxf import runs
 from rlxf.config import ConfigError, option
-from rlxf.data import DataError, arithmetic_rows, encode_prompts, load_prompts, rows_for_step
+from rlxf.data import encode_prompts, rows_for_step
 from rlxf.distributed import LocalExecutor, OnlineStages, StepResult
 from rlxf.eval.accuracy import evaluate_accuracy, format_accuracy
 from rlxf.eval.plots import plot_run
-from rlxf.feedback import FeedbackError, FeedbackSourceFailed, finite_mask, make_feedback_from_spec, row_problems
+from rlxf.feedback import FeedbackError, FeedbackSourceFailed, finite_mask, make_feedback_from_spec
 from rlxf.models import load_policy, save_policy
 from rlxf.models.layout import use_kn_layout
 from rlxf.models.precision import resolve_precision
 from rlxf.ops import ADVANTAGE_ESTIMATORS
 from rlxf.recipes.learner import Learner, train_on
+from rlxf.recipes.prompt_rows import check_prompt_lengths, load_rows
 from rlxf.recipes.stages import group_advantages, sample, score
 from rlxf.rollout import make_generator
 from rlxf.types import Scores
@@ -155,61 +155,6 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
                               + f" (one of {', '.join(sorted(ADVANTAGE_ESTIMATORS))})")
 
 
-# More characters than this per allowed prompt token cannot fit (BPE tokens are far shorter): such a row is refused
-# before any tokenizer sees it, so a 50 MB line is one error message, not an exhausted tokenizer.
-MAX_CHARS_PER_TOKEN = 64
-
-
-def _prompt_files(config: Config) -> list[str]:
-    return [p for p in (None if config.prompts == "arithmetic" else config.prompts, config.eval_prompts) if p]
-
-
-def _load_rows(config: Config, feedback: Any) -> tuple[list[dict], list[dict]]:
-    """Training and held-out rows, validated before anything is created on disk: each row's shape, what the
-    feedback needs from it (e.g. an integer ``answer`` for the arithmetic verifier) and a prompt of plausible
-    length, every problem reported as ``file:line``."""
-    max_chars = config.max_prompt_tokens * MAX_CHARS_PER_TOKEN
-
-    def check(row: dict) -> list[str]:
-        text = row.get("prompt") if isinstance(row.get("prompt"), str) else json.dumps(row.get("messages"))
-        too_long = [f"prompt of {len(text):,} characters cannot fit in max_prompt_tokens={config.max_prompt_tokens}"
-                    ] if len(text) > max_chars else []
-        return too_long + row_problems(feedback, row)
-
-    if config.prompts == "arithmetic":
-        train = arithmetic_rows(config.prompts_per_step * config.max_steps, seed=config.train_seed)
-    else:
-        train = load_prompts(config.prompts, check=check)
-    if config.eval_prompts:
-        held_out = load_prompts(config.eval_prompts, check=check)
-    elif config.prompts == "arithmetic":
-        held_out = arithmetic_rows(config.eval_size, seed=config.eval_seed)
-    else:
-        held_out = []
-    if len(train) < config.prompts_per_step:
-        raise DataError(
-            f"{config.prompts}: {len(train)} prompts, fewer than prompts_per_step={config.prompts_per_step}"
-        )
-    return train, held_out
-
-
-def _check_prompt_lengths(config: Config, tokenizer: Any, context_length: int | None) -> None:
-    """Refuse, with its ``file:line``, every prompt row whose chat-templated tokens exceed ``max_prompt_tokens`` or
-    leave no room for ``max_new_tokens`` in the model's context (the files are read again: rows carry no line)."""
-    limit = config.max_prompt_tokens
-    if context_length:
-        limit = min(limit, context_length - config.max_new_tokens)
-    why = (f"max_prompt_tokens={config.max_prompt_tokens}" if limit == config.max_prompt_tokens else
-           f"the model's context of {context_length} tokens less max_new_tokens={config.max_new_tokens}")
-
-    def check(row: dict) -> list[str]:
-        n = len(encode_prompts(tokenizer, [row])[0])
-        return [f"prompt of {n} tokens (chat template included) is longer than {limit}, {why}"] if n > limit else []
-
-    for path in _prompt_files(config):
-        load_prompts(path, check=check)
-
-
 class Trainer:
     """State of one run: the learner, the generator, the feedback and the data; ``run()`` below is the loop."""
 
@@ -221,13 +166,13 @@ class Trainer:
             self.feedback = make_feedback_from_spec(c.feedback)
         except FeedbackError as exc:  # a misspelt name, a bad argument, a reward function that does not load
             raise ConfigError(f"bad value for 'feedback': {exc}") from None
-        self.train_rows, self.eval_rows = _load_rows(c, self.feedback)
+        self.train_rows, self.eval_rows = load_rows(c, self.feedback)
 
         random.seed(c.seed)
         np.random.seed(c.seed)
         torch.manual_seed(c.seed)
         model, self.tokenizer = load_policy(c.model, device=self.device, seed=c.seed)
-        _check_prompt_lengths(c, self.tokenizer, getattr(model.config, "max_position_embeddings", None))
+        check_prompt_lengths(c, self.tokenizer, getattr(model.config, "max_position_embeddings", None))
         model.train()
         if c.weight_layout == "kn" or (c.weight_layout == "auto" and self.device.type == "cpu"):
             use_kn_layout(model)  # before the optimizer is built: parameters are replaced

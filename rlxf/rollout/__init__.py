@@ -4,7 +4,8 @@ from rlxf.rollout.base import Generator, Rollout, TokenSampler, load_state_into,
 from rlxf.rollout.choose import GENERATORS, make_generator
 from rlxf.rollout.llama_backend import FastLlamaGenerator
 from rlxf.rollout.lm import LocalLM
+from rlxf.rollout.mixture import GeometricMixtureGenerator
 from rlxf.rollout.transformers_backend import TransformersGenerator
 
-__all__ = ["FastLlamaGenerator", "GENERATORS", "Generator", "LocalLM", "Rollout", "TokenSampler",
-           "TransformersGenerator", "load_state_into", "make_generator", "sample_categorical"]
+__all__ = ["FastLlamaGenerator", "GENERATORS", "Generator", "GeometricMixtureGenerator", "LocalLM", "Rollout",
+           "TokenSampler", "TransformersGenerator", "load_state_into", "make_generator", "sample_categorical"]
