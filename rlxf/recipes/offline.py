@@ -358,17 +358,12 @@ class OfflineTrainer(ABC):
 
 def run(config: OfflineConfig, trainer_cls: type[OfflineTrainer]) -> dict[str, Any]:
     """Train with ``trainer_cls``; returns a summary dict (also written to ``<run>/summary.json``)."""
-    config = runs.resolve_resume(config)
-    name = f"{config.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not config.resume:
-        runs.check_new_run_dir(config, name)
-    trainer = trainer_cls(config)  # validates data, loads the model, reference log-probs: nothing on disk yet
+    # the trainer validates the data, loads the model and computes the reference log-probs: nothing on disk yet
+    trainer, run_dir = runs.start_run(config, trainer_cls, recipe=trainer_cls.COMMAND)
     c = trainer.config
-    run_dir = runs.open_run_dir(trainer, runs.run_config_yaml(c, recipe=trainer.COMMAND), default_name=name)
     if not c.resume:
         (run_dir.path / "eval_rows.json").write_text(json.dumps(trainer.data.eval_sources, indent=0))
     d = trainer.data
-    print(f"run directory: {run_dir.path}")
     print(f"data: {len(d.train)} training {'rows' if trainer.KIND == 'unpaired' else 'pairs'}, {len(d.eval)} "
           f"held-out pairs ({d.format} format){f', {len(d.problems)} bad rows skipped' if d.problems else ''}; "
           f"{len(trainer.batches)} batches of {c.batch_size}, {trainer.max_steps} steps")

@@ -438,14 +438,7 @@ def _comparison_metrics(comparisons: Comparisons, pairs: list[tuple[int, int, in
 
 def run(config: Config) -> dict[str, Any]:
     """Train; returns a summary dict (also written to ``<run>/summary.json``)."""
-    config = runs.resolve_resume(config)
-    name = f"{config.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not config.resume:
-        runs.check_new_run_dir(config, name)
-    trainer = Trainer(config)
-    c = trainer.config
-    run_dir = runs.open_run_dir(trainer, runs.run_config_yaml(c, recipe="online_preference"), default_name=name)
-    print(f"run directory: {run_dir.path}")
+    trainer, run_dir = runs.start_run(config, Trainer, recipe="online_preference")
     print(f"precision: training {trainer.precision}; feedback: "
           f"{'pairwise' if is_pairwise(trainer.feedback) else 'pointwise, read as Bradley-Terry'}")
     return runs.run_recording_status(run_dir, lambda: _loop(trainer, run_dir), step=lambda: trainer.step)

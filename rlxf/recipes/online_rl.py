@@ -275,14 +275,7 @@ class Trainer:
 
 def run(config: Config) -> dict[str, Any]:
     """Train; returns a summary dict (also written to ``<run>/summary.json``)."""
-    config = runs.resolve_resume(config)
-    name = f"{config.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not config.resume:
-        runs.check_new_run_dir(config, name)
-    trainer = Trainer(config)  # validates data, loads the model: nothing on disk yet
-    c = trainer.config
-    run_dir = runs.open_run_dir(trainer, runs.run_config_yaml(c, recipe="online_rl"), default_name=name)
-    print(f"run directory: {run_dir.path}")
+    trainer, run_dir = runs.start_run(config, Trainer, recipe="online_rl")
     print(f"precision: training {trainer.precisions['training']}, sampling {trainer.precisions['sampling']} "
           f"({type(trainer.generator).__name__})")
     return runs.run_recording_status(run_dir, lambda: _loop(trainer, run_dir), step=lambda: trainer.step)

@@ -249,18 +249,12 @@ class Trainer:
 
 def run(config: Config) -> dict[str, Any]:
     """Train; returns a summary dict (also written to ``<run>/summary.json``)."""
-    config = runs.resolve_resume(config)
-    name = f"{config.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not config.resume:
-        runs.check_new_run_dir(config, name)
-    trainer = Trainer(config)  # validates data, loads the model: nothing on disk yet
+    trainer, run_dir = runs.start_run(config, Trainer, recipe="sft")
     c = trainer.config
-    run_dir = runs.open_run_dir(trainer, runs.run_config_yaml(c, recipe="sft"), default_name=name)
     if not c.resume:
         (run_dir.path / "eval_rows.json").write_text(json.dumps(trainer.data.eval_sources, indent=0))
     d = trainer.data
     cut = sum(r.truncated for r in d.train + d.eval)
-    print(f"run directory: {run_dir.path}")
     print(f"data: {len(d.train)} training and {len(d.eval)} held-out demonstrations"
           f"{f', {len(d.problems)} bad rows skipped' if d.problems else ''}"
           f"{f', {cut} cut at max_tokens={c.max_tokens}' if cut else ''}; {len(trainer.batches)} batches of "

@@ -34,6 +34,7 @@ from rlxf.runs.run_dir import (
     run_recording_status,
     run_state,
     save_run_checkpoint,
+    start_run,
 )
 from rlxf.runs.steps import StepLoop
 
@@ -43,5 +44,5 @@ __all__ = [
     "first_nonfinite_parameter", "latest_checkpoint", "load_checkpoint", "mark_stopped", "nonfinite_reason",
     "open_run_dir", "progress_bar", "prune_checkpoints", "read_run_config", "resolve_device", "resolve_resume",
     "resume_config", "run_config_yaml", "run_recording_status", "run_state", "save_checkpoint", "save_run_checkpoint",
-    "set_threads",
+    "set_threads", "start_run",
 ]

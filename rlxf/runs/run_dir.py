@@ -275,6 +275,21 @@ def open_run_dir(trainer: Any, config_yaml: str, *, default_name: str) -> RunDir
     return run_dir
 
 
+def start_run(config: Any, make_trainer: Callable[[Any], Any], *, recipe: str) -> tuple[Any, RunDir]:
+    """The start every step-loop recipe shares: resolve ``resume=`` (the run's own config), refuse an occupied
+    new run directory before any model loads, build the trainer (it validates the data and loads the model:
+    nothing is on disk yet), then create the run directory or restore the trainer from its checkpoint. The
+    default run name is ``<objective>-<date>-<time>``."""
+    config = resolve_resume(config)
+    name = f"{config.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not config.resume:
+        check_new_run_dir(config, name)
+    trainer = make_trainer(config)
+    run_dir = open_run_dir(trainer, run_config_yaml(trainer.config, recipe=recipe), default_name=name)
+    print(f"run directory: {run_dir.path}")
+    return trainer, run_dir
+
+
 def _resume_checkpoint(run_dir: RunDir, name: str | None) -> Path:
     complete = complete_checkpoints(run_dir.checkpoints)
     if name is None:
