@@ -361,12 +361,9 @@ class Trainer:
         if not torch.isfinite(loss):
             return {**metrics, "loss": float(loss), "nonfinite": 1.0}
         loss.backward()
-        grad_norm = runs.clip_gradients(self.params, self.config.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            return {**metrics, "loss": float(loss.detach()), "grad_norm": float(grad_norm), "nonfinite": 1.0}
-        self.optimizer.step()
-        self.scheduler.step()
-        return {**metrics, "loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+        grad_norm = runs.guarded_step(self.optimizer, self.scheduler, self.params, self.config.max_grad_norm)
+        metrics.update(loss=float(loss.detach()), grad_norm=grad_norm)
+        return metrics if math.isfinite(grad_norm) else {**metrics, "nonfinite": 1.0}
 
     def evaluate(self) -> None:
         if not self.eval_rows:

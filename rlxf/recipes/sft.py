@@ -35,7 +35,6 @@ import json
 import math
 import random
 import statistics
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +44,7 @@ import torch
 
 from rlxf import runs
 from rlxf.config import ConfigError, option
-from rlxf.data import DataError, batch_for_step, make_batches
+from rlxf.data import DataError, make_batches
 from rlxf.data.demonstrations import load_demonstration_split
 from rlxf.eval.demonstrations import evaluate_demonstrations, format_demonstration_eval, plot_sft_run
 from rlxf.models import load_policy
@@ -54,6 +53,7 @@ from rlxf.models.precision import resolve_precision
 from rlxf.models.token_logps import labelled_token_logps
 from rlxf.objectives.signature import call_loss, loss_signature, objective_of_kind, resolve_hyperparameters
 from rlxf.ops import aggregate
+from rlxf.recipes.batch_loop import train_fixed_batches
 
 
 @dataclass
@@ -200,15 +200,10 @@ class Trainer:
         metrics = self.accumulate(batch)
         if metrics.get("nonfinite"):
             return metrics
-        grad_norm = runs.clip_gradients(self.params, self.config.max_grad_norm)
-        metrics["grad_norm"] = float(grad_norm)
-        if not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
+        metrics["grad_norm"] = runs.guarded_step(self.optimizer, self.scheduler, self.params,
+                                                 self.config.max_grad_norm)
+        if not math.isfinite(metrics["grad_norm"]):
             metrics["nonfinite"] = 1.0
-            return metrics
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return metrics
 
     def evaluate(self) -> dict[str, Any] | None:
@@ -264,32 +259,9 @@ def run(config: Config) -> dict[str, Any]:
 
 def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
     c = trainer.config
-    if not trainer.evals and trainer.data.eval:
-        trainer.evaluate()
-        print(f"held-out before training: {format_demonstration_eval(trainer.evals[-1])}")
-    tokens_per_s: list[float] = []
-    with runs.StepLoop(trainer, max_steps=trainer.max_steps, time_budget_s=c.time_budget_s,
-                       max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective,
-                       run_dir=run_dir) as loop:
-        while loop.running():
-            t0 = time.perf_counter()
-            metrics = trainer.train_step(batch_for_step(trainer.batches, trainer.step, c.seed))
-            nonfinite = loop.count_step(metrics)
-            step_time = time.perf_counter() - t0
-            loop.add_time(step_time)
-            record = {"step": trainer.step, "epoch": (trainer.step - 1) // len(trainer.batches),
-                      "skipped_nonfinite": int(nonfinite), "lr": trainer.scheduler.get_last_lr()[0], **metrics,
-                      "seconds_step": step_time, "train_seconds": trainer.train_clock}
-            if "tokens" in metrics:
-                record["tokens_per_s"] = metrics["tokens"] / step_time
-                tokens_per_s.append(record["tokens_per_s"])
-            if c.eval_every and trainer.step % c.eval_every == 0 and trainer.data.eval and not loop.stopping:
-                e = trainer.evaluate()
-                record.update({"heldout_nll": e["nll"], "heldout_token_accuracy": e["accuracy"]})
-            loop.finish_step(record, save_every=c.save_every, keep_checkpoints=c.keep_checkpoints,
-                             text=f"loss {record.get('loss', math.nan):.4f}")
-            if loop.stopping:
-                break
+    loop, tokens_per_s = train_fixed_batches(
+        trainer, run_dir, describe_eval=format_demonstration_eval,
+        heldout_record=lambda e: {"heldout_nll": e["nll"], "heldout_token_accuracy": e["accuracy"]})
     if loop.stop_reason == "nonfinite":
         runs.mark_stopped(run_dir, step=trainer.step, reason=runs.nonfinite_reason(c.max_nonfinite_steps),
                           command="sft")

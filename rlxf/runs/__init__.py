@@ -16,6 +16,7 @@ from rlxf.runs.options import (
     build_optimizer,
     check_run_name,
     clip_gradients,
+    guarded_step,
     resolve_device,
     set_threads,
 )
@@ -44,5 +45,5 @@ __all__ = [
     "first_nonfinite_parameter", "latest_checkpoint", "load_checkpoint", "mark_stopped", "nonfinite_reason",
     "open_run_dir", "progress_bar", "prune_checkpoints", "read_run_config", "resolve_device", "resolve_resume",
     "resume_config", "run_config_yaml", "run_recording_status", "run_state", "save_checkpoint", "save_run_checkpoint",
-    "set_threads", "start_run",
+    "set_threads", "start_run", "guarded_step",
 ]

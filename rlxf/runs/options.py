@@ -1,6 +1,7 @@
 """The run fields every recipe shares, as one dataclass each recipe's config extends, and their resolution."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -92,6 +93,18 @@ def build_optimizer(params, options: OptimizerOptions, *, fused: bool = True):
 def clip_gradients(params, max_norm: float) -> torch.Tensor:
     """The gradients' total norm, after clipping them to ``max_norm`` (0: measured, not clipped)."""
     return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, scheduler, params, max_grad_norm: float) -> float:
+    """One optimizer (and scheduler) step on the accumulated gradients, clipped to ``max_grad_norm``, unless their
+    norm is not finite: then nothing moves. The gradients are cleared either way. Returns the norm before clipping
+    (check it with ``math.isfinite``)."""
+    grad_norm = float(clip_gradients(params, max_grad_norm))
+    if math.isfinite(grad_norm):
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def resolve_device(name: str) -> torch.device:
