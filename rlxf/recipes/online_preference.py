@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -102,6 +102,10 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
     round_steps: int = option(
         0, "Refresh pi_t (the previous iterate) to the current policy every N steps; 0 = pi_t stays the initial "
            "policy.", ge=0)
+    sample_every: Literal["step", "round"] = option(
+        "step", "When samples are drawn and compared: every step from the current policy (online DPO, OAIF), or once "
+                "per round, all round_steps steps' worth from pi_t at the round's start (iterative DPO, SPPO, DNO, "
+                "INPO as in their papers; needs round_steps > 0).")
     opponent: Literal["group", "mixture"] = option(
         "group", "Self-play losses: whom each sample's win rate is against: the other samples of its prompt (SPPO's "
                  "estimate of P(y > pi_t | x)), or one sample per prompt from the geometric mixture "
@@ -142,12 +146,26 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
         if self.pairs not in PAIR_SELECTORS:
             raise ConfigError(f"bad value for 'pairs': unknown selector {self.pairs!r} (one of "
                               f"{', '.join(sorted(PAIR_SELECTORS))})")
+        if self.sample_every == "round" and self.round_steps == 0:
+            raise ConfigError("sample_every=round needs round_steps > 0 (how many steps' samples a round draws)")
+        if self.sample_every == "round" and self.opponent == "mixture":
+            raise ConfigError("opponent=mixture samples the opponent from the current policy every step; use "
+                              "sample_every=step")
         if self.reference == "previous" and self.round_steps == 0:
             raise ConfigError("reference=previous needs round_steps > 0 (how often pi_t becomes the current policy); "
                               "with round_steps=0 pi_t would stay the initial policy: use reference=initial")
 
 
 # ------------------------------------------------------------------------------------------ tensor providers
+
+
+class Gathered(NamedTuple):
+    """One step's prompt rows, their samples and the comparisons among them, and how long each part took."""
+
+    rows: list[dict]
+    rollout: Any
+    comparisons: Comparisons
+    seconds: dict[str, float]
 
 
 class Batch:
@@ -269,7 +287,8 @@ class Trainer:
                 raise ConfigError(f"opponent=mixture is for self-play losses (sppo, nash_md); {c.objective!r} is a "
                                   f"{self.objective.kind} loss trained on pairs")
             wants.add("ref")
-        self.previous = _frozen_copy(model) if "prev" in wants or c.reference == "previous" else None
+        self.previous = _frozen_copy(model) if "prev" in wants or c.reference == "previous" or \
+            c.sample_every == "round" else None
         self.reference = self.previous if c.reference == "previous" else (
             _frozen_copy(model) if "ref" in wants else None)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -280,6 +299,11 @@ class Trainer:
         kind = "transformers" if c.lora_r else c.generator
         self.generator = make_generator(model, kind=kind, **self.special)
         self._reference_generator = None
+        # sample_every=round draws from pi_t; the round's draws and the state of the random stream they started from
+        self.previous_generator = make_generator(self.previous, kind=kind, **self.special) \
+            if c.sample_every == "round" else None
+        self.round: list[Gathered] = []
+        self.round_rng_state: list[int] | None = None
         self.opponent_generator = GeometricMixtureGenerator(
             model, self.reference, mixture_coef=c.mixture_coef, **self.special) if c.opponent == "mixture" else None
         self.sampling_rng = torch.Generator(device=self.device).manual_seed(c.seed)
@@ -327,12 +351,12 @@ class Trainer:
         win_rates, valid = compare_to_opponent(rows, texts, opponent_texts, rollout.n, feedback=self.feedback)
         return replace(comparisons, win_rates=win_rates, valid=comparisons.valid & valid)
 
-    def train_step(self, rows: list[dict]) -> dict[str, float]:
-        """sample -> compare -> pairs -> loss -> optimizer step (see the module docstring); the step's metrics."""
+    def gather(self, rows: list[dict], generator, rng: torch.Generator) -> Gathered:
+        """Sample ``rows`` with ``generator`` and compare the samples."""
         c, seconds = self.config, {}
         t0 = time.perf_counter()
-        rollout = sample(rows, generator=self.generator, tokenizer=self.tokenizer, n=c.samples_per_prompt,
-                         max_new_tokens=c.max_new_tokens, temperature=c.temperature, rng=self.sampling_rng)
+        rollout = sample(rows, generator=generator, tokenizer=self.tokenizer, n=c.samples_per_prompt,
+                         max_new_tokens=c.max_new_tokens, temperature=c.temperature, rng=rng)
         texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in rollout.completion_token_lists()]
         seconds["sample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -340,6 +364,35 @@ class Trainer:
         if self.opponent_generator is not None:
             comparisons = self.against_opponent(rows, rollout, texts, comparisons)
         seconds["compare"] = time.perf_counter() - t0
+        return Gathered(rows, rollout, comparisons, seconds)
+
+    def round_data(self) -> Gathered:
+        """This step's share of its round's samples, all drawn from pi_t at the round's start. A run resumed
+        mid-round draws the round again from pi_t (saved with the checkpoint) with the random stream's state at the
+        round's start, so it trains on the very samples the uninterrupted run did."""
+        c = self.config
+        start = self.step - self.step % c.round_steps
+        if not self.round:
+            rng = self.sampling_rng
+            if self.step == start:
+                self.round_rng_state = self.sampling_rng.get_state().tolist()
+            else:  # resumed inside a round: replay its draws on a private stream
+                rng = torch.Generator(device=self.device)
+                rng.set_state(torch.tensor(self.round_rng_state, dtype=torch.uint8))
+            self.round = [self.gather(rows_for_step(self.train_rows, s, c.prompts_per_step, c.seed),
+                                      self.previous_generator, rng) for s in range(start, start + c.round_steps)]
+            self.round[self.step - start].seconds["sample_round"] = sum(g.seconds["sample"] for g in self.round)
+        gathered = self.round[self.step - start]
+        if self.step - start == c.round_steps - 1:
+            self.round = []
+        return gathered
+
+    def train_step(self, rows: list[dict]) -> dict[str, float]:
+        """sample -> compare -> pairs -> loss -> optimizer step (see the module docstring); the step's metrics."""
+        gathered = self.round_data() if self.config.sample_every == "round" else \
+            self.gather(rows, self.generator, self.sampling_rng)
+        rows, rollout, comparisons, seconds = gathered
+        seconds = dict(seconds)
         t0 = time.perf_counter()
         pairs = self.select(comparisons) if self.kind in PAIR_KINDS else []
         batch = Batch(self, rows, rollout, comparisons, pairs)
@@ -381,7 +434,8 @@ class Trainer:
 
     def trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "train_clock": self.train_clock, "nonfinite_total": self.nonfinite_total,
-                "nonfinite_in_row": self.nonfinite_in_row, "evals": self.evals}
+                "nonfinite_in_row": self.nonfinite_in_row, "evals": self.evals,
+                "round_rng_state": self.round_rng_state}
 
     def save(self, run: runs.RunDir) -> Path:
         path = runs.save_checkpoint(
@@ -397,6 +451,7 @@ class Trainer:
                                      scheduler=self.scheduler, sampling_rng=self.sampling_rng)
         self.step, self.train_clock, self.evals = state["step"], state["train_clock"], state["evals"]
         self.nonfinite_total, self.nonfinite_in_row = state["nonfinite_total"], state["nonfinite_in_row"]
+        self.round_rng_state = state["round_rng_state"]
         if self.previous is not None and self.config.round_steps:
             load_model(self.previous, str(checkpoint / "previous.safetensors"))
         self.generator.load_weights(self.model.state_dict(), self.step)

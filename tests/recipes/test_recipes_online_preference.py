@@ -146,12 +146,14 @@ def _timeless(record: dict) -> dict:
     return {k: v for k, v in record.items() if not (k.startswith("seconds_") or k == "train_seconds")}
 
 
-@pytest.mark.parametrize("objective", ["dpo", "sppo"])
-def test_resumed_run_equals_uninterrupted_run_with_rounds(copy_task, tmp_path, objective):
+@pytest.mark.parametrize("objective, sample_every", [("dpo", "step"), ("sppo", "step"), ("dpo", "round")])
+def test_resumed_run_equals_uninterrupted_run_with_rounds(copy_task, tmp_path, objective, sample_every):
     """6 steps straight vs 3, stop, resume to 6, with pi_t (the reference) refreshed every 2 steps: the resumed
-    run must restore pi_t from the checkpoint (step 3 is mid-round), else steps 4 and 5 differ."""
+    run must restore pi_t from the checkpoint (step 3 is mid-round), else steps 4 and 5 differ. With
+    sample_every=round, step 4 trains on samples drawn at step 3's start: the resumed run must draw them again
+    from pi_t with the random stream of the round's start."""
     common = dict(objective=objective, feedback="test-online-preference-varied", reference="previous", round_steps=2,
-                  save_every=3, max_steps=6, lr=3e-3)
+                  save_every=3, max_steps=6, lr=3e-3, sample_every=sample_every)
     run(_config(copy_task, tmp_path, "straight", **common))
     run(_config(copy_task, tmp_path, "split", **{**common, "max_steps": 3}))
     run(resume_config(Config, tmp_path / "split", max_steps=6))
@@ -165,12 +167,33 @@ def test_resumed_run_equals_uninterrupted_run_with_rounds(copy_task, tmp_path, o
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_round_sampling_draws_a_whole_round_from_pi_t_at_its_start(copy_task, tmp_path, monkeypatch):
+    """sample_every=round, round_steps=3, 6 steps: samples are drawn at steps 0 and 3 only (three steps' worth
+    each), with the generator on pi_t, never with the one on the policy being trained."""
+    calls = []
+    real = online_preference.Trainer.gather
+
+    def spy(self, rows, generator, rng):
+        calls.append((self.step, generator is self.previous_generator, rows[0]["prompt"]))
+        return real(self, rows, generator, rng)
+
+    monkeypatch.setattr(online_preference.Trainer, "gather", spy)
+    run(_config(copy_task, tmp_path, "rounds", feedback="test-online-preference-varied", reference="previous",
+                round_steps=3, sample_every="round", max_steps=6, lr=3e-3))
+    assert [(step, from_pi_t) for step, from_pi_t, _ in calls] == [(0, True)] * 3 + [(3, True)] * 3
+    records = _metrics(tmp_path / "rounds")
+    assert [r["step"] for r in records if "seconds_sample_round" in r] == [1, 4]
+    assert len({prompt for _, _, prompt in calls}) > 1  # each step of a round has its own prompts
+
+
 # ------------------------------------------------------------------------------------------ config errors
 
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(reference="previous"), "reference=previous needs round_steps > 0"),
     (dict(pairs="best_worst"), "unknown selector 'best_worst'"),
+    (dict(sample_every="round"), "sample_every=round needs round_steps > 0"),
+    (dict(sample_every="round", round_steps=2, opponent="mixture"), "use sample_every=step"),
 ])
 def test_bad_settings_are_config_errors(copy_task, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
