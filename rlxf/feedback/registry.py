@@ -17,6 +17,7 @@ from rlxf.feedback.math import MathAnswerVerifier
 from rlxf.feedback.oracles import GoldRewardModel
 from rlxf.feedback.pairwise import BradleyTerryPairwise
 from rlxf.feedback.reward_model import RewardModelFeedback
+from rlxf.feedback.self_judge import SelfJudge
 from rlxf.feedback.self_play import SelfPlayFeedback
 from rlxf.feedback.verifiers import ArithmeticVerifier, NumericAnswerVerifier
 
@@ -94,6 +95,11 @@ FEEDBACK: dict[str, tuple[Callable[..., Feedback], str]] = {
     "python_function": (
         python_function,
         "a user reward function (`path`='module:function' or 'file.py:function') in a contained worker process",
+    ),
+    "self_judge": (
+        SelfJudge,
+        "the policy being trained judges its own samples (Self-Rewarding): expected 1-5 score, or the mean of "
+        "`samples` sampled judgements; the recipe binds the policy (bind_policy)",
     ),
     "self_play": (
         _self_play,

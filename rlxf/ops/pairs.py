@@ -16,6 +16,7 @@ failure cannot silently pick a pair.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "all_pairs",
     "best_vs_worst",
     "large_margin_pairs",
+    "length_controlled_pairs",
     "pair_rows",
     "random_pair",
     "win_rates_from_comparisons",
@@ -112,6 +114,48 @@ def large_margin_pairs(win_rates: Tensor, margin: float) -> Pairs:
     return Pairs(pairs.chosen, pairs.rejected, pairs.valid & (gap > margin))
 
 
+def length_controlled_pairs(scores: Tensor, lengths: Tensor, rho: float = 0.1) -> Pairs:
+    """Meta-Rewarding's length control (Wu et al. 2024, Sec. 2.1, "length-control mechanism"): among responses
+    of similar quality prefer the shorter one, so that a judge that likes long answers cannot make the policy's
+    answers grow without end.
+
+    Per group, with S_max and S_min its best and worst scores and a quality tier rho in [0, 0.5):
+
+        top tier    = {k : s_k >= (1 - rho) S_max + rho S_min}     chosen   = the shortest of the top tier
+        bottom tier = {k : s_k <= (1 - rho) S_min + rho S_max}     rejected = the longest of the bottom tier
+
+    `scores` `(G, K)` float, `lengths` `(G, K)` (token counts; any real dtype), `rho` -> `Pairs` of `(G,)`.
+    Invalid where S_max == S_min (Self-Rewarding, Yuan et al. 2024, Sec. 2.3: a pair whose scores are equal is
+    discarded; here all K equal) or a score or length is not finite. Ties inside a tier: for the chosen the
+    shortest, then the higher score, then the first in sampling order; for the rejected the longest, then the
+    lower score, then the first. Because rho < 0.5 the tiers are disjoint, so the chosen always scores strictly
+    higher than the rejected. rho = 0 is Self-Rewarding's best-vs-worst selection with length breaking ties
+    among equally best (worst) responses (`best_vs_worst` takes the first).
+    Deviation: the paper allows rho up to 1; above 0.5 the tiers overlap and a "chosen" could score below its
+    "rejected", so this function refuses rho >= 0.5.
+    """
+    if not 0.0 <= rho < 0.5:
+        raise ValueError(f"rho must be in [0, 0.5) (the tiers must not overlap), got {rho}")
+    s = _scores(scores).double()
+    if lengths.shape != scores.shape:
+        raise ValueError(f"lengths must have the scores' shape {tuple(scores.shape)}, got {tuple(lengths.shape)}")
+    n = lengths.detach().to(device=s.device, dtype=torch.float64)
+    finite = torch.isfinite(s).all(dim=1) & torch.isfinite(n).all(dim=1)
+    s_max, s_min = s.max(dim=1, keepdim=True).values, s.min(dim=1, keepdim=True).values
+    top = (s >= (1 - rho) * s_max + rho * s_min) | (s == s_max)  # the best is in its tier despite rounding
+    bottom = (s <= (1 - rho) * s_min + rho * s_max) | (s == s_min)
+    chosen, rejected = _first_by(top, -n, s), _first_by(bottom, n, -s)
+    return Pairs(chosen, rejected, finite & (s_max > s_min).squeeze(1))
+
+
+def _first_by(tier: Tensor, key: Tensor, tiebreak: Tensor) -> Tensor:
+    """`(G,)` index of the tier member with the highest `key`, then the highest `tiebreak`, then the first."""
+    lowest = torch.full_like(key, -math.inf)
+    best = tier & (key == torch.where(tier, key, lowest).max(dim=1, keepdim=True).values)
+    best &= tiebreak == torch.where(best, tiebreak, lowest).max(dim=1, keepdim=True).values
+    return best.int().argmax(dim=1)
+
+
 def win_rates_from_comparisons(prefs: Tensor) -> Tensor:
     """P^(y_k > pi_t | x), each sample's win rate against the policy that drew the group, from its
     comparisons with the other K - 1 samples (SPPO, Wu et al. 2024, eq. 3.5; DNO's r_t, Algorithm 2, line 5).
@@ -147,6 +191,7 @@ PAIR_SELECTORS = {
     "all_pairs": all_pairs,
     "random_pair": random_pair,
     "large_margin": large_margin_pairs,
+    "length_controlled": length_controlled_pairs,
 }
 """Selector name -> function; each takes the `(G, K)` scores first (``random_pair`` also a generator,
-``large_margin`` a margin)."""
+``large_margin`` a margin, ``length_controlled`` the `(G, K)` completion lengths and rho)."""

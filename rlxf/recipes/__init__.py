@@ -61,6 +61,12 @@ RECIPES: dict[str, Entry] = {
     "nash-md": Entry("rlxf.recipes.online_preference", "nash_md.yaml",
                      "Nash-MD-PG (Munos et al. 2023): policy gradient on P(y beats y') against the opponent, with a "
                      "KL to the reference."),
+    "self-rewarding": Entry(
+        "rlxf.recipes.online_preference",
+        "self_rewarding.yaml",
+        "Self-Rewarding (Yuan et al. 2024): the policy judges its own samples (feedback=self_judge), DPO on "
+        "length-controlled pairs against pi_t, per round.",
+    ),
     "kto": Entry(
         "rlxf.recipes.kto",
         None,

@@ -146,11 +146,12 @@ def compare_to_opponent(rows: list[dict[str, Any]], texts: list[str], opponent_t
     return p.view(-1, n), finite.view(-1, n).all(dim=1)
 
 
-def select_pairs(name: str, comparisons: Comparisons, *, margin: float, rng: torch.Generator | None
-                 ) -> list[tuple[int, int, int]]:
+def select_pairs(name: str, comparisons: Comparisons, *, margin: float, rng: torch.Generator | None,
+                 lengths: Tensor | None = None, length_tier: float = 0.1) -> list[tuple[int, int, int]]:
     """``(group, chosen, rejected)`` sample indices of the valid pairs that selector ``name`` (`PAIR_SELECTORS`)
     picks from the samples' scores; ``large_margin`` (DNO) reads the win rates and ``margin``, ``random_pair``
-    draws with ``rng``. Groups whose feedback was not finite give no pair."""
+    draws with ``rng``, ``length_controlled`` (Meta-Rewarding) reads the completions' ``lengths`` ``(P, K)`` and
+    the quality tier ``length_tier``. Groups whose feedback was not finite give no pair."""
     def masked(values: Tensor) -> Tensor:
         return torch.where(comparisons.valid[:, None], values, torch.full_like(values, math.nan))
 
@@ -159,6 +160,8 @@ def select_pairs(name: str, comparisons: Comparisons, *, margin: float, rng: tor
         pairs = selector(masked(comparisons.win_rates), margin)
     elif name == "random_pair":
         pairs = selector(masked(comparisons.scores), rng)
+    elif name == "length_controlled":
+        pairs = selector(masked(comparisons.scores), lengths, length_tier)
     else:
         pairs = selector(masked(comparisons.scores))
     chosen, rejected, valid = (t if t.dim() == 2 else t[:, None] for t in pairs)

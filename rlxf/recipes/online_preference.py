@@ -96,6 +96,9 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
                                          "random_pair, all_pairs, large_margin (see rlxf.ops.PAIR_SELECTORS).")
     pair_margin: float = option(
         0.0, "large_margin only: keep pairs whose scores (win rates, or rewards) differ by more than this.", ge=0)
+    length_tier: float = option(
+        0.1, "length_controlled only (Meta-Rewarding's length control): chosen = the shortest reply scoring within "
+             "length_tier x (best - worst) of the best, rejected = the longest within it of the worst.", ge=0, lt=0.5)
     reference: Literal["initial", "previous"] = option(
         "initial", "The loss's reference: the initial policy, or the previous iterate pi_t (refreshed every "
                    "round_steps; needs round_steps > 0).")
@@ -307,6 +310,10 @@ class Trainer:
         self.opponent_generator = GeometricMixtureGenerator(
             model, self.reference, mixture_coef=c.mixture_coef, **self.special) if c.opponent == "mixture" else None
         self.sampling_rng = torch.Generator(device=self.device).manual_seed(c.seed)
+        if callable(getattr(self.feedback, "bind_policy", None)):  # self_judge: the policy judges its own samples
+            # In round mode the judge is pi_t (Self-Rewarding's M_t), also in a run resumed inside a round.
+            self.feedback.bind_policy(self.previous if c.sample_every == "round" else model, self.tokenizer,
+                                      rng=self.sampling_rng)
         self.step = 0
         self.train_clock = 0.0
         self.nonfinite_in_row = 0
@@ -337,9 +344,11 @@ class Trainer:
         if self._reference_generator is not None and self.reference is self.previous:
             self._reference_generator.load_weights(self.previous.state_dict(), self.step)
 
-    def select(self, comparisons: Comparisons) -> list[tuple[int, int, int]]:
+    def select(self, comparisons: Comparisons, rollout) -> list[tuple[int, int, int]]:
         """``(group, chosen, rejected)`` sample indices of the step's pairs, from the configured selector."""
-        return select_pairs(self.config.pairs, comparisons, margin=self.config.pair_margin, rng=self.sampling_rng)
+        c = self.config
+        return select_pairs(c.pairs, comparisons, margin=c.pair_margin, rng=self.sampling_rng,
+                            lengths=rollout.lengths.view(-1, rollout.n).float(), length_tier=c.length_tier)
 
     def against_opponent(self, rows, rollout, texts, comparisons: Comparisons) -> Comparisons:
         """The samples' win rates against one completion per prompt from the mixture policy (Nash-MD's y')."""
@@ -354,6 +363,8 @@ class Trainer:
     def gather(self, rows: list[dict], generator, rng: torch.Generator) -> Gathered:
         """Sample ``rows`` with ``generator`` and compare the samples."""
         c, seconds = self.config, {}
+        if callable(getattr(self.feedback, "use_rng", None)):  # a self-judge's sampled judgements use the same stream
+            self.feedback.use_rng(rng)
         t0 = time.perf_counter()
         rollout = sample(rows, generator=generator, tokenizer=self.tokenizer, n=c.samples_per_prompt,
                          max_new_tokens=c.max_new_tokens, temperature=c.temperature, rng=rng)
@@ -394,7 +405,7 @@ class Trainer:
         rows, rollout, comparisons, seconds = gathered
         seconds = dict(seconds)
         t0 = time.perf_counter()
-        pairs = self.select(comparisons) if self.kind in PAIR_KINDS else []
+        pairs = self.select(comparisons, rollout) if self.kind in PAIR_KINDS else []
         batch = Batch(self, rows, rollout, comparisons, pairs)
         trained = len(pairs) if self.kind in PAIR_KINDS else len(batch.trained_groups()) * rollout.n
         metrics = _comparison_metrics(comparisons, pairs, rollout)

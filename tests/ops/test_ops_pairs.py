@@ -124,7 +124,7 @@ def test_pair_rows_and_registry():
     assert chosen_rows.tolist() == [1, 6] and rejected_rows.tolist() == [0, 8]
     chosen_rows, rejected_rows = pair_rows(all_pairs(scores), 3)
     assert chosen_rows.tolist() == [1, 2, 1, 6, 6, 7] and rejected_rows.tolist() == [0, 0, 2, 7, 8, 8]
-    assert set(PAIR_SELECTORS) == {"best_vs_worst", "all_pairs", "random_pair", "large_margin"}
+    assert set(PAIR_SELECTORS) == {"best_vs_worst", "all_pairs", "random_pair", "large_margin", "length_controlled"}
     assert PAIR_SELECTORS["large_margin"] is large_margin_pairs
     assert isinstance(best_vs_worst(scores), Pairs)
 

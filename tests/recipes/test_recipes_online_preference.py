@@ -313,3 +313,44 @@ def test_mixture_sampler_at_the_ends_is_each_model_and_between_is_the_geometric_
                 lr = torch.log_softmax(reference(ids).logits[0, -1].float(), -1)
             expected = torch.log_softmax(0.7 * lp + 0.3 * lr, -1)[mixed.completion_ids[row, t]]
             torch.testing.assert_close(mixed.sampler_logps[row, t], expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- self-rewarding
+
+
+def test_self_rewarding_runs_with_the_policy_as_its_own_judge(copy_task, tmp_path, monkeypatch):
+    """feedback=self_judge with sample_every=round: the judge is bound to pi_t (not the live policy, which moves
+    during the round), and pairs=length_controlled receives the completions' token counts ``(P, K)``."""
+    from rlxf.feedback import self_judge
+    from rlxf.ops import pairs as pair_ops
+
+    bound, lengths_seen = [], []
+    real_bind, real_select = self_judge.SelfJudge.bind_policy, pair_ops.PAIR_SELECTORS["length_controlled"]
+
+    def bind(self, model, tokenizer, **kwargs):
+        bound.append(model)
+        return real_bind(self, model, tokenizer, **kwargs)
+
+    def select(scores, lengths, rho):
+        lengths_seen.append((tuple(lengths.shape), rho))
+        return real_select(scores, lengths, rho)
+
+    monkeypatch.setattr(self_judge.SelfJudge, "bind_policy", bind)
+    monkeypatch.setitem(pair_ops.PAIR_SELECTORS, "length_controlled", select)
+    trainer_seen = []
+    real_init = online_preference.Trainer.__init__
+
+    def init(self, config):
+        real_init(self, config)
+        trainer_seen.append(self)
+
+    monkeypatch.setattr(online_preference.Trainer, "__init__", init)
+    summary = run(_config(copy_task, tmp_path, "self", feedback="self_judge", eval_prompts=None, eval_size=0,
+                          pairs="length_controlled", length_tier=0.2, reference="previous", round_steps=2,
+                          sample_every="round", max_steps=2))
+    trainer = trainer_seen[0]
+    assert bound == [trainer.previous] and trainer.previous is not trainer.model
+    assert lengths_seen == [((4, 4), 0.2)] * 2
+    assert summary["status"] == "complete"
+    records = _metrics(tmp_path / "self")
+    assert all(1.0 <= r["reward_mean"] <= 5.0 for r in records)  # the judge's expected 1-5 rubric score
