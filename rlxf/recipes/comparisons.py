@@ -48,6 +48,7 @@ class Comparisons:
     scores: Tensor
     valid: Tensor
     rewards: Tensor | None
+    info: dict[str, list] | None = None  # a pointwise source's per-completion info (e.g. a self-judge's judgements)
     calls: int = 0  # completions scored (pointwise) or pairs asked (pairwise)
     cached: int = 0  # pairs answered without a call: repeated within the step, or two identical completions
     errors: list[str] = field(default_factory=list)
@@ -72,7 +73,8 @@ def _pointwise(rows, texts, n, feedback) -> Comparisons:
     safe = torch.where(valid[:, None], rewards, torch.zeros_like(rewards))
     prefs = torch.sigmoid(safe[:, :, None] - safe[:, None, :])
     errors = [str(e) for e in scores.info.get("error", []) if e is not None and e is not False]
-    return Comparisons(prefs, win_rates_from_comparisons(prefs), safe, valid, safe, calls=len(texts), errors=errors)
+    return Comparisons(prefs, win_rates_from_comparisons(prefs), safe, valid, safe, info=scores.info, calls=len(texts),
+                       errors=errors)
 
 
 def _pairwise(rows, texts, n, feedback) -> Comparisons:

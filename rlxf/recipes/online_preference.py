@@ -50,6 +50,7 @@ from rlxf.models.lora import add_lora, save_policy_or_merged
 from rlxf.models.precision import autocast_context, resolve_precision
 from rlxf.objectives.signature import call_loss, loss_signature, objective_of_kind, resolve_hyperparameters
 from rlxf.ops import PAIR_SELECTORS
+from rlxf.recipes import meta_rewarding
 from rlxf.recipes.comparisons import (
     Comparisons,
     compare_groups,
@@ -114,6 +115,12 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
                  "estimate of P(y > pi_t | x)), or one sample per prompt from the geometric mixture "
                  "pi^(1-mixture_coef) * pi_ref^mixture_coef, drawn token by token (Nash-MD).")
     mixture_coef: float = option(0.5, "opponent=mixture: the reference's weight in the geometric mixture.", ge=0, le=1)
+    meta_rewarding: bool = option(
+        False, "Meta-Rewarding (Wu et al. 2024): with feedback=self_judge:samples=N (N >= 2), the policy also "
+               "compares its own judgements of each prompt's most disputed reply and trains on those judge-preference "
+               "pairs with the same pair loss, alongside the replies' pairs.")
+    max_judgement_tokens: int = option(
+        0, "meta_rewarding only: judgements longer than this many tokens are never paired (0 = no cap).", ge=0)
     # sampling
     prompts_per_step: int = option(8, "Distinct prompts per optimizer step.", ge=1)
     samples_per_prompt: int = option(4, "Completions sampled per prompt (K >= 2: pairs are made among them).", ge=2)
@@ -163,19 +170,24 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
 
 
 class Gathered(NamedTuple):
-    """One step's prompt rows, their samples and the comparisons among them, and how long each part took."""
+    """One step's prompt rows, their samples and the comparisons among them, and how long each part took (and,
+    with meta_rewarding, the judge-preference pairs and their metrics)."""
 
     rows: list[dict]
     rollout: Any
     comparisons: Comparisons
     seconds: dict[str, float]
+    judge_pairs: Any = None
+    judge_metrics: dict[str, float] = {}
 
 
 class Batch:
     """What one step feeds the loss, each tensor computed on first use (:data:`PROVIDERS`)."""
 
-    def __init__(self, trainer: Trainer, rows: list[dict], rollout, comparisons: Comparisons, pairs: list[tuple]):
+    def __init__(self, trainer: Trainer, rows: list[dict], rollout, comparisons: Comparisons, pairs: list[tuple],
+                 judge_pairs=None):
         self.t, self.rows, self.rollout, self.comparisons, self.pairs = trainer, rows, rollout, comparisons, pairs
+        self.judge_pairs = judge_pairs  # Meta-Rewarding's pairs of judgements, trained after the replies' pairs
         self._cache: dict[str, torch.Tensor] = {}
         self._parts: dict[str, tuple] = {}
 
@@ -199,7 +211,12 @@ class Batch:
         r, n = self.rollout, self.rollout.n
         if part == "pair":
             ids, mask = rows_of(r, [g * n + k for g, i, j in self.pairs for k in (i, j)])
-            return [r.prompt_ids[g] for g, _, _ in self.pairs], ids, mask, 2
+            prompts = [r.prompt_ids[g] for g, _, _ in self.pairs]
+            if self.judge_pairs:
+                judge_ids, judge_mask = self.judge_pairs.completion_tensors(self.t.pad_id)
+                ids, mask = _stack_right_padded([(ids, mask), (judge_ids, judge_mask)], self.t.pad_id)
+                prompts += self.judge_pairs.prompt_ids
+            return prompts, ids, mask, 2
         if part == "samples":
             groups = self.trained_groups()
             ids, mask = rows_of(r, [g * n + k for g in groups for k in range(n)])
@@ -224,6 +241,15 @@ class Batch:
 
     def win_rates(self) -> torch.Tensor:
         return self.comparisons.win_rates[self.trained_groups()].reshape(-1).to(self.t.device)
+
+
+def _stack_right_padded(parts: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise concatenation of ``(ids, mask)`` blocks of different widths, right-padded to the widest."""
+    width = max(ids.shape[1] for ids, _ in parts)
+    ids = torch.cat([torch.nn.functional.pad(i, (0, width - i.shape[1]), value=pad_id) for i, _ in parts])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1]), value=False) for _, m in parts])
+    return ids, mask
 
 
 PROVIDERS: dict[str, Callable[[Batch], torch.Tensor]] = {
@@ -314,6 +340,7 @@ class Trainer:
             # In round mode the judge is pi_t (Self-Rewarding's M_t), also in a run resumed inside a round.
             self.feedback.bind_policy(self.previous if c.sample_every == "round" else model, self.tokenizer,
                                       rng=self.sampling_rng)
+        self.meta_judge = self._meta_judge() if c.meta_rewarding else None
         self.step = 0
         self.train_clock = 0.0
         self.nonfinite_in_row = 0
@@ -350,6 +377,18 @@ class Trainer:
         return select_pairs(c.pairs, comparisons, margin=c.pair_margin, rng=self.sampling_rng,
                             lengths=rollout.lengths.view(-1, rollout.n).float(), length_tier=c.length_tier)
 
+    def _meta_judge(self):
+        """Meta-Rewarding's meta-judge: the same self-judge's LM comparing two of its own judgements."""
+        c = self.config
+        if getattr(self.feedback, "samples", 0) < 2:
+            raise ConfigError("meta_rewarding=true needs the policy to write its judgements: "
+                              "feedback=self_judge:samples=N with N >= 2")
+        if not set(self.declared) <= {f"{w}_{s}_logps" for w in ("policy", "ref", "prev")
+                                      for s in ("chosen", "rejected")}:
+            raise ConfigError(f"meta_rewarding=true trains judgements with the pair loss; {c.objective!r} also "
+                              f"reads fresh samples, which judgements do not have: use dpo, ipo, hinge, ...")
+        return meta_rewarding.make_meta_judge(self.feedback.lm)
+
     def against_opponent(self, rows, rollout, texts, comparisons: Comparisons) -> Comparisons:
         """The samples' win rates against one completion per prompt from the mixture policy (Nash-MD's y')."""
         c = self.config
@@ -375,7 +414,15 @@ class Trainer:
         if self.opponent_generator is not None:
             comparisons = self.against_opponent(rows, rollout, texts, comparisons)
         seconds["compare"] = time.perf_counter() - t0
-        return Gathered(rows, rollout, comparisons, seconds)
+        if self.meta_judge is None:
+            return Gathered(rows, rollout, comparisons, seconds)
+        t0 = time.perf_counter()
+        with self.feedback.judging():
+            judge_pairs, judge_metrics = meta_rewarding.judge_preference_pairs(
+                rows, texts, rollout.n, comparisons.info, meta_judge=self.meta_judge,
+                max_judgement_tokens=c.max_judgement_tokens or None)
+        seconds["meta_judge"] = time.perf_counter() - t0
+        return Gathered(rows, rollout, comparisons, seconds, judge_pairs, judge_metrics)
 
     def round_data(self) -> Gathered:
         """This step's share of its round's samples, all drawn from pi_t at the round's start. A run resumed
@@ -402,13 +449,14 @@ class Trainer:
         """sample -> compare -> pairs -> loss -> optimizer step (see the module docstring); the step's metrics."""
         gathered = self.round_data() if self.config.sample_every == "round" else \
             self.gather(rows, self.generator, self.sampling_rng)
-        rows, rollout, comparisons, seconds = gathered
+        rows, rollout, comparisons, seconds, judge_pairs, judge_metrics = gathered
         seconds = dict(seconds)
         t0 = time.perf_counter()
         pairs = self.select(comparisons, rollout) if self.kind in PAIR_KINDS else []
-        batch = Batch(self, rows, rollout, comparisons, pairs)
-        trained = len(pairs) if self.kind in PAIR_KINDS else len(batch.trained_groups()) * rollout.n
-        metrics = _comparison_metrics(comparisons, pairs, rollout)
+        batch = Batch(self, rows, rollout, comparisons, pairs, judge_pairs)
+        trained = len(pairs) + len(judge_pairs or ()) if self.kind in PAIR_KINDS else \
+            len(batch.trained_groups()) * rollout.n
+        metrics = {**_comparison_metrics(comparisons, pairs, rollout), **judge_metrics}
         metrics["trained_rows"] = float(trained)
         if trained:
             metrics.update(self._update(batch))

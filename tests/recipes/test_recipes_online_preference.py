@@ -354,3 +354,41 @@ def test_self_rewarding_runs_with_the_policy_as_its_own_judge(copy_task, tmp_pat
     assert summary["status"] == "complete"
     records = _metrics(tmp_path / "self")
     assert all(1.0 <= r["reward_mean"] <= 5.0 for r in records)  # the judge's expected 1-5 rubric score
+
+
+def test_meta_rewarding_trains_judgement_pairs_after_the_reply_pairs(copy_task, tmp_path, monkeypatch):
+    """meta_rewarding=true: the stage receives the self-judge's info of the step's samples, and its judge-preference
+    pairs are trained by the same loss, after the replies' pairs (one extra row per judge pair in every tensor)."""
+    from rlxf.recipes import meta_rewarding
+
+    stage_calls, loss_rows = [], []
+
+    def stage(rows, texts, k, info, *, meta_judge, max_judgement_tokens=None, prior=0.01):
+        stage_calls.append((len(rows), len(texts), k, len(info["judgements"]), max_judgement_tokens))
+        batch = meta_rewarding.JudgePairBatch([[5, 6, 7]], [[8, 9, 10]], [[11]], [0], [0])
+        return batch, {"judge_pairs": 1.0}
+
+    real = online_preference.call_loss
+
+    def spy(fn, tensors, hyperparameters):
+        loss_rows.append({k: v.shape[0] for k, v in tensors.items()})
+        return real(fn, tensors, hyperparameters)
+
+    monkeypatch.setattr(meta_rewarding, "judge_preference_pairs", stage)
+    monkeypatch.setattr(online_preference, "call_loss", spy)
+    run(_config(copy_task, tmp_path, "meta", feedback="self_judge:samples=2,max_judgement_tokens=4,fail_value=1",
+                eval_prompts=None, eval_size=0, meta_rewarding=True, max_judgement_tokens=3, max_steps=2))
+    assert stage_calls == [(4, 16, 4, 16, 3)] * 2
+    records = _metrics(tmp_path / "meta")
+    for record, rows in zip(records, loss_rows, strict=True):
+        assert record["judge_pairs"] == 1.0 and record["trained_rows"] == record["pairs"] + 1
+        assert set(rows.values()) == {record["pairs"] + 1}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(feedback="self_judge"), "feedback=self_judge:samples=N with N >= 2"),
+    (dict(feedback="self_judge:samples=2", objective="xpo"), "also reads fresh samples"),
+])
+def test_meta_rewarding_needs_written_judgements_and_a_pair_loss(copy_task, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run(_config(copy_task, tmp_path, "bad", eval_prompts=None, eval_size=0, meta_rewarding=True, **overrides))
