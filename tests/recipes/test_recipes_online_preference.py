@@ -53,7 +53,7 @@ def _config(copy_task, out: Path, name: str, **overrides) -> Config:
     base = dict(model="tiny", prompts=str(train), eval_prompts=str(held_out), feedback="arithmetic",
                 max_new_tokens=2, eval_max_new_tokens=2, precision="fp32", prompts_per_step=4, samples_per_prompt=4,
                 lr=1e-3, max_steps=3, eval_every=0, save_every=0, time_budget_s=0.0, output_dir=str(out),
-                run_name=name, progress=False, seed=0)
+                run_name=name, progress=False, seed=0, threads=1)  # one thread: tiny matrices, no contention
     return Config(**{**base, **overrides})
 
 
@@ -64,11 +64,10 @@ def _metrics(run_dir: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------------- learning
 
 
-@pytest.mark.slow  # about 100 s alone on 2 cores: the pairs multiply as the policy improves
 def test_online_dpo_learns_the_copy_task_from_verifier_labelled_pairs(copy_task, tmp_path):
     """Online DPO (all pairs of correct vs incorrect samples, beta 1): held-out accuracy from 0% to 100% by step
-    125 with seed 1 on this task; the test allows 140 steps. It is seed-sensitive from a random tiny model (seed 2
-    reaches 20% at step 140), so the seed is fixed."""
+    125 with seed 1 on this task; the test allows 140 steps (about 30 s on one thread). It is seed-sensitive from a
+    random tiny model (seed 2 reaches 20% at step 140), so the seed is fixed."""
     config = _config(copy_task, tmp_path, "dpo", objective="dpo", loss={"beta": 1.0}, pairs="all_pairs",
                      prompts_per_step=8, samples_per_prompt=16, lr=3e-3, max_steps=140, eval_every=70, seed=1)
     summary = run(config)
@@ -130,6 +129,14 @@ class _Varied:
     def __call__(self, prompts, completions, **context):
         return Scores(torch.tensor([sum(map(ord, c)) % 7 / 7 for c in completions]),
                       {"source": ["varied"] * len(completions)})
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """A run sets torch's thread count for the process (threads=1 here); later tests get the default back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
