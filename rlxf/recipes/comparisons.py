@@ -24,7 +24,7 @@ from torch import Tensor
 
 from rlxf.data import context_of
 from rlxf.feedback import finite_mask, validate_scores
-from rlxf.models.forward import completion_logprobs
+from rlxf.models.logps import sequence_logps as packed_or_cached_logps
 from rlxf.ops import PAIR_SELECTORS, win_rates_from_comparisons
 from rlxf.types import Rollout
 
@@ -171,12 +171,16 @@ def select_pairs(name: str, comparisons: Comparisons, *, margin: float, rng: tor
 
 
 def sequence_logps(model, prompt_ids: list[list[int]], completion_ids: Tensor, mask: Tensor, *, n: int,
-                   pad_token_id: int) -> Tensor:
+                   pad_token_id: int, precision: str = "fp32") -> Tensor:
     """``(rows,)`` summed log pi(y|x) of each completion row (``n`` consecutive rows per prompt), at temperature 1:
-    the policy's own probability, the one the preference losses are written in."""
-    device = next(model.parameters()).device
-    logps, _ = completion_logprobs(model, prompt_ids, completion_ids.to(device), n=n, pad_token_id=pad_token_id)
-    return (logps * mask.to(device)).sum(dim=1)
+    the policy's own probability, the one the preference losses are written in. Plain llama models run packed
+    (`rlxf.models.logps.sequence_logps`: one row of real tokens, no padding, each prompt once), others on the
+    prompt's KV cache."""
+    lengths = mask.sum(dim=1).tolist()
+    rows = [completion_ids[i, :length].tolist() for i, length in enumerate(lengths)]
+    groups = [rows[p * n:(p + 1) * n] for p in range(len(prompt_ids))]
+    sums, _, _ = packed_or_cached_logps(model, prompt_ids, groups, pad_token_id=pad_token_id, precision=precision)
+    return sums.reshape(-1)
 
 
 def rows_of(rollout: Rollout, indices: list[int]) -> tuple[Tensor, Tensor]:

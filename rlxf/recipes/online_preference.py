@@ -47,7 +47,7 @@ from rlxf.feedback import FeedbackError, make_feedback_from_spec
 from rlxf.models import load_policy, save_policy
 from rlxf.models.layout import use_kn_layout
 from rlxf.models.lora import add_lora, save_policy_or_merged
-from rlxf.models.precision import autocast_context, resolve_precision
+from rlxf.models.precision import resolve_precision
 from rlxf.objectives.signature import call_loss, loss_signature, objective_of_kind, resolve_hyperparameters
 from rlxf.ops import PAIR_SELECTORS
 from rlxf.recipes import meta_rewarding
@@ -198,8 +198,9 @@ class Batch:
         if key not in self._cache:
             t, model = self.t, self.t.models(which)
             prompts, ids, mask, n = self._part(part)
-            with torch.set_grad_enabled(which == "policy"), autocast_context(t.device, t.precision):
-                self._cache[key] = sequence_logps(model, prompts, ids, mask, n=n, pad_token_id=t.pad_id).float()
+            with torch.set_grad_enabled(which == "policy"):
+                self._cache[key] = sequence_logps(model, prompts, ids, mask, n=n, pad_token_id=t.pad_id,
+                                                  precision=t.precision).float()
         return self._cache[key]
 
     def _part(self, part: str):
