@@ -120,6 +120,9 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
                "pairs with the same pair loss, alongside the replies' pairs.")
     max_judgement_tokens: int = option(
         0, "meta_rewarding only: judgements longer than this many tokens are never paired (0 = no cap).", ge=0)
+    meta_rounds: int = option(
+        0, "meta_rewarding only: train judge pairs in the first N rounds of round_steps steps only (the paper trains "
+           "the judge in 2 of its 4 iterations); 0 = in every step.", ge=0)
     # sampling
     prompts_per_step: int = option(8, "Distinct prompts per optimizer step.", ge=1)
     samples_per_prompt: int = option(4, "Completions sampled per prompt (K >= 2: pairs are made among them).", ge=2)
@@ -160,6 +163,8 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
         if self.sample_every == "round" and self.opponent == "mixture":
             raise ConfigError("opponent=mixture samples the opponent from the current policy every step; use "
                               "sample_every=step")
+        if self.meta_rounds and self.round_steps == 0:
+            raise ConfigError("meta_rounds counts rounds of round_steps steps: set round_steps > 0")
         if self.reference == "previous" and self.round_steps == 0:
             raise ConfigError("reference=previous needs round_steps > 0 (how often pi_t becomes the current policy); "
                               "with round_steps=0 pi_t would stay the initial policy: use reference=initial")
@@ -309,7 +314,7 @@ class Trainer:
         if self.opponent_generator is not None:
             comparisons = self.against_opponent(rows, rollout, texts, comparisons)
         seconds["compare"] = time.perf_counter() - t0
-        if self.meta_judge is None:
+        if self.meta_judge is None or (c.meta_rounds and self.step // c.round_steps >= c.meta_rounds):
             return Gathered(rows, rollout, comparisons, seconds)
         t0 = time.perf_counter()
         with self.feedback.judging():

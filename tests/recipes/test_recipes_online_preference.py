@@ -217,6 +217,7 @@ def test_round_sampling_draws_a_whole_round_from_pi_t_at_its_start(copy_task, tm
     (dict(pairs="best_worst"), "unknown selector 'best_worst'"),
     (dict(sample_every="round"), "sample_every=round needs round_steps > 0"),
     (dict(sample_every="round", round_steps=2, opponent="mixture"), "use sample_every=step"),
+    (dict(meta_rounds=2), "meta_rounds counts rounds of round_steps steps"),
 ])
 def test_bad_settings_are_config_errors(copy_task, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -406,6 +407,23 @@ def test_meta_rewarding_trains_judgement_pairs_after_the_reply_pairs(copy_task, 
     for record, rows in zip(records, loss_rows, strict=True):
         assert record["judge_pairs"] == 1.0 and record["trained_rows"] == record["pairs"] + 1
         assert set(rows.values()) == {record["pairs"] + 1}
+
+
+def test_meta_rounds_limits_judge_training_to_the_first_rounds(copy_task, tmp_path, monkeypatch):
+    """meta_rounds=1 with rounds of 2 steps: the meta-judge stage runs in steps 1-2 only, not in 3-4."""
+    from rlxf.recipes import meta_rewarding
+
+    steps = []
+
+    def stage(rows, texts, k, info, *, meta_judge, max_judgement_tokens=None, prior=0.01):
+        steps.append(len(steps))
+        return meta_rewarding.JudgePairBatch([], [], [], [], []), {"judge_pairs": 0.0}
+
+    monkeypatch.setattr(meta_rewarding, "judge_preference_pairs", stage)
+    run(_config(copy_task, tmp_path, "meta", feedback="self_judge:samples=2,max_judgement_tokens=4,fail_value=1",
+                eval_prompts=None, eval_size=0, meta_rewarding=True, meta_rounds=1, round_steps=2, max_steps=4))
+    assert len(steps) == 2
+    assert ["judge_pairs" in r for r in _metrics(tmp_path / "meta")] == [True, True, False, False]
 
 
 @pytest.mark.parametrize("overrides, message", [
