@@ -70,14 +70,15 @@ def loss_signature(fn: Callable) -> LossSignature:
     return LossSignature(name, tuple(tensors), frozenset(required), hyper)
 
 
-def objective_of_kind(name: str, kind: str) -> Callable:
-    """The registered loss ``name`` for a recipe that trains losses of ``kind``; a one-line ConfigError for an
-    unknown name (listing the registered ones) or a loss of another kind (naming the command that trains it)."""
+def objective_of_kind(name: str, kind: str | tuple[str, ...]) -> Callable:
+    """The registered loss ``name`` for a recipe that trains losses of ``kind`` (or of any of several kinds); a
+    one-line ConfigError for an unknown name (listing the registered ones) or a loss of another kind (naming the
+    command that trains it)."""
     try:
         fn = get_objective(name)
     except KeyError as err:
         raise ConfigError(err.args[0]) from None
-    if fn.kind != kind:
+    if fn.kind not in ((kind,) if isinstance(kind, str) else kind):
         raise ConfigError(f"objective {name!r} is a {fn.kind} loss; train it with `rlxf train {fn.recipe}` "
                           f"(see `rlxf list`)")
     return fn

@@ -184,7 +184,7 @@ class Trainer:
         c = config
         self.device = runs.resolve_device(c.device)
         runs.set_threads(c.threads)
-        self.objective = objective_of_kinds(c.objective)
+        self.objective = objective_of_kind(c.objective, KINDS)
         hyperparameters = resolve_hyperparameters(self.objective, c.loss)
         self.declared = loss_signature(self.objective).tensors
         try:
@@ -414,18 +414,6 @@ class Trainer:
         if self.previous is not None and self.config.round_steps:
             load_model(self.previous, str(checkpoint / "previous.safetensors"))
         self.generator.load_weights(self.model.state_dict(), self.step)
-
-
-def objective_of_kinds(name: str):
-    """The registered loss ``name``, which must be a pair or self-play loss (a one-line ConfigError otherwise)."""
-    for kind in KINDS:
-        try:
-            return objective_of_kind(name, kind)
-        except ConfigError as exc:
-            error = exc
-            if "unknown" in str(exc):
-                raise
-    raise error
 
 
 def _comparison_metrics(comparisons: Comparisons, pairs: list[tuple[int, int, int]], rollout) -> dict[str, float]:
