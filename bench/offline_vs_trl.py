@@ -418,12 +418,14 @@ def run_child(side: str, job: dict, env: dict, workdir: Path) -> dict:
     return result
 
 
-def run_lockstep(children: list[tuple[str, str, dict, dict, Path]], steps: int) -> list[dict]:
+def run_lockstep(children: list[tuple[str, str, dict, dict, Path]], steps: int, *,
+                 script: Path | None = None) -> list[dict]:
     """Run several children in lock-step: set-ups one after another, then training step ``i`` of every child
     before step ``i + 1`` of any (the order alternating between steps), one process on the CPU at a time. Slow
     drifts of a shared machine's speed then hit every side alike instead of whichever ran during them.
 
-    ``children``: (name, worker, job, env, workdir) each. Returns their results in the same order.
+    ``children``: (name, worker, job, env, workdir) each; each runs ``script --worker <worker>`` (default: this
+    file). When one fails, the others are killed. Returns their results in the same order.
     """
     procs = []
     for name, worker, job, env, workdir in children:
@@ -431,7 +433,7 @@ def run_lockstep(children: list[tuple[str, str, dict, dict, Path]], steps: int) 
         job_path.write_text(json.dumps(job))
         go_r, go_w = os.pipe()
         done_r, done_w = os.pipe()
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--job", str(job_path),
+        cmd = [sys.executable, str(Path(script or __file__).resolve()), "--worker", worker, "--job", str(job_path),
                "--out", str(out_path)]
         log = open(workdir / f"log-{name}.txt", "w")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(cmd, env={**env, "RLXF_BENCH_GATE": f"{go_r},{done_w}"}, cwd=str(REPO),
@@ -441,12 +443,18 @@ def run_lockstep(children: list[tuple[str, str, dict, dict, Path]], steps: int) 
         procs.append({"name": name, "proc": proc, "go": go_w, "done": done_r, "out": out_path, "log": log,
                       "workdir": workdir, "t": time.perf_counter()})
 
+    def fail(c, what):
+        c["log"].close()
+        sys.stderr.write((c["workdir"] / f"log-{c['name']}.txt").read_text()[-8000:])
+        for other in procs:
+            if other["proc"].poll() is None:
+                other["proc"].kill()
+        raise SystemExit(f"{c['name']} worker failed {what} (exit {c['proc'].wait()})")
+
     def turn(c):
         os.write(c["go"], b"g")
         if os.read(c["done"], 1) != b"d":
-            c["log"].close()
-            sys.stderr.write((c["workdir"] / f"log-{c['name']}.txt").read_text()[-8000:])
-            raise SystemExit(f"{c['name']} worker failed during its turn (exit {c['proc'].wait()})")
+            fail(c, "during its turn")
 
     for c in procs:  # set-ups (imports, model load, tokenisation, reference pass), one at a time
         turn(c)
@@ -456,11 +464,9 @@ def run_lockstep(children: list[tuple[str, str, dict, dict, Path]], steps: int) 
     results = []
     for c in procs:  # each finishes alone
         os.write(c["go"], b"g")
-        rc = c["proc"].wait()
+        if c["proc"].wait() != 0:
+            fail(c, "at the end")
         c["log"].close()
-        if rc != 0:
-            sys.stderr.write((c["workdir"] / f"log-{c['name']}.txt").read_text()[-8000:])
-            raise SystemExit(f"{c['name']} worker failed (exit {rc})")
         result = json.loads(c["out"].read_text())
         result["wall_s"] = time.perf_counter() - c["t"]
         results.append(result)

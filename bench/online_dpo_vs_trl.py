@@ -41,7 +41,8 @@ Scheduling: the two children of a repeat run in lock-step (set-ups one after the
 before step ``i + 1`` of either, the order alternating between steps, one process on the CPU at a time), so a shared
 machine's drift hits both alike; ``--repeats`` runs that afresh, swapping which side goes first. Each repeat prints
 one line; the last line is ``ratio tokens_per_s=<rlxf/trl> peak_rss=<rlxf/trl>``, the medians over repeats of the
-per-repeat ratios. Helpers (RSS sampler, lock-step gate, child environment) come from ``bench/offline_vs_trl.py``.
+per-repeat ratios. Helpers (RSS sampler, lock-step runner and gate, child environment) come from
+``bench/offline_vs_trl.py``.
 Figures and caveats: docs/bench/online_dpo_vs_trl.md.
 
     .venv/bin/pip install -e '.[bench]' -c constraints.txt     # trl==1.16.0, datasets
@@ -55,13 +56,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from offline_vs_trl import ALLOCATOR_ENV, GATE, RssSampler, child_env, peak_rss_mib
+from offline_vs_trl import ALLOCATOR_ENV, GATE, RssSampler, child_env, peak_rss_mib, run_lockstep
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = 2  # TRL's online DPO always samples 2 completions per prompt
@@ -261,56 +260,6 @@ def worker_trl(job: dict) -> dict:
 # ------------------------------------------------------------------------------------------ driver
 
 
-def run_lockstep(children: list[tuple[str, dict, dict, Path]], steps: int) -> list[dict]:
-    """``offline_vs_trl.run_lockstep`` for this script's workers: set-ups one after another, then step ``i`` of every
-    child before step ``i + 1`` of any (the order alternating between steps). ``children``: (worker, job, env,
-    workdir). Returns their results in the same order."""
-    procs = []
-    for worker, job, env, workdir in children:
-        job_path, out_path = workdir / f"job-{worker}.json", workdir / f"result-{worker}.json"
-        job_path.write_text(json.dumps(job))
-        go_r, go_w = os.pipe()
-        done_r, done_w = os.pipe()
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--job", str(job_path),
-               "--out", str(out_path)]
-        log = open(workdir / f"log-{worker}.txt", "w")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(cmd, env={**env, "RLXF_BENCH_GATE": f"{go_r},{done_w}"}, cwd=str(REPO),
-                                stdout=log, stderr=subprocess.STDOUT, pass_fds=(go_r, done_w))
-        os.close(go_r)
-        os.close(done_w)
-        procs.append({"name": worker, "proc": proc, "go": go_w, "done": done_r, "out": out_path, "log": log,
-                      "workdir": workdir, "t": time.perf_counter()})
-
-    def fail(c, what):
-        c["log"].close()
-        sys.stderr.write((c["workdir"] / f"log-{c['name']}.txt").read_text()[-8000:])
-        for other in procs:
-            if other["proc"].poll() is None:
-                other["proc"].kill()
-        raise SystemExit(f"{c['name']} worker failed {what} (exit {c['proc'].wait()})")
-
-    def turn(c):
-        os.write(c["go"], b"g")
-        if os.read(c["done"], 1) != b"d":
-            fail(c, "during its turn")
-
-    for c in procs:
-        turn(c)
-    for step in range(steps):
-        for c in procs if step % 2 == 0 else procs[::-1]:
-            turn(c)
-    results = []
-    for c in procs:
-        os.write(c["go"], b"g")
-        if c["proc"].wait() != 0:
-            fail(c, "at the end")
-        c["log"].close()
-        result = json.loads(c["out"].read_text())
-        result["wall_s"] = time.perf_counter() - c["t"]
-        results.append(result)
-    return results
-
-
 def side_text(label: str, r: dict) -> str:
     return (f"{label} {r['tokens_per_s']:.1f} tok/s ({r['completion_tokens_per_s']:.1f} generated), "
             f"{r['step_s_median']:.2f} s/step (sampling {r['sample_s_median']:.2f}), peak {r['peak_rss_mib']} MiB, "
@@ -385,9 +334,9 @@ def main():
                        "prompts": a.prompts, "steps": a.steps, "warmup": a.warmup, "lr": a.lr, "beta": a.beta,
                        "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "feedback": a.feedback,
                        "seed": a.seed, "train_seed": a.train_seed, "threads": a.threads, "tmp": str(scratch)}
-                children.append((worker, job, child_env(a.threads, allocator, str(scratch)), scratch))
+                children.append((worker, worker, job, child_env(a.threads, allocator, str(scratch)), scratch))
             load_before = os.getloadavg()[0]
-            out = dict(zip(order, run_lockstep(children, a.steps), strict=True))
+            out = dict(zip(order, run_lockstep(children, a.steps, script=Path(__file__)), strict=True))
             load_after = os.getloadavg()[0]
             rx, tr = out["rlxf"], out["trl"]
             ratio = (rx["tokens_per_s"] / tr["tokens_per_s"], rx["peak_rss_mib"] / tr["peak_rss_mib"])
