@@ -433,3 +433,36 @@ def test_meta_rounds_limits_judge_training_to_the_first_rounds(copy_task, tmp_pa
 def test_meta_rewarding_needs_written_judgements_and_a_pair_loss(copy_task, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         run(_config(copy_task, tmp_path, "bad", eval_prompts=None, eval_size=0, meta_rewarding=True, **overrides))
+
+
+def test_selector_and_opponent_settings_reach_what_uses_them(copy_task, tmp_path, monkeypatch):
+    """pair_margin reaches the large_margin selector, and mixture_coef the mixture sampler of the opponent."""
+    from rlxf.recipes import comparisons
+
+    margins = []
+    real = comparisons.PAIR_SELECTORS["large_margin"]
+    monkeypatch.setitem(comparisons.PAIR_SELECTORS, "large_margin",
+                        lambda w, margin: margins.append(margin) or real(w, margin))
+    run(_config(copy_task, tmp_path, "margin", feedback="test-online-preference-varied", pairs="large_margin",
+                pair_margin=0.05, max_steps=2))
+    assert margins == [0.05, 0.05]
+    trainer = online_preference.Trainer(_config(copy_task, tmp_path, "mix", objective="nash_md", opponent="mixture",
+                                                mixture_coef=0.3))
+    assert trainer.opponent_generator.mixture_coef == 0.3 and trainer.opponent_generator.reference is trainer.reference
+
+
+def test_lora_trains_only_the_adapters(copy_task, tmp_path):
+    """lora_r > 0: the base weights stay as loaded, the adapters move, and final/ holds the merged model."""
+    config = _config(copy_task, tmp_path, "lora", feedback="test-online-preference-varied", lora_r=4, lr=1e-2,
+                     max_steps=2)
+    trainer = online_preference.Trainer(config)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    run(config)
+    initial, _ = load_policy("tiny", seed=0)
+    final = load_file(str(tmp_path / "lora" / "final" / "model.safetensors"))
+    assert "model.layers.0.self_attn.q_proj.weight" in final and not any("lora" in k for k in final)
+    assert not torch.equal(final["model.layers.0.self_attn.q_proj.weight"],
+                           initial.state_dict()["model.layers.0.self_attn.q_proj.weight"])
+    untargeted = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(final[untargeted], initial.state_dict()[untargeted])
