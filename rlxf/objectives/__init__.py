@@ -10,6 +10,7 @@ from rlxf.objectives.general_preference import inpo_loss, nash_md_loss, sppo_los
 from rlxf.objectives.group_robust import group_mean_losses, group_robust_dpo_loss, update_group_weights
 from rlxf.objectives.kto import kto_loss
 from rlxf.objectives.online_preference import hypo_loss, vpo_loss, xpo_loss
+from rlxf.objectives.pairwise_pg import copg_loss, p3o_loss, rebel_loss
 from rlxf.objectives.policy_gradient import grpo_loss, ppo_clip_loss, reinforce_loss, rloo_loss
 from rlxf.objectives.preference import (
     FDPO_DIVERGENCES,
@@ -38,7 +39,9 @@ from rlxf.objectives.reward_model import (
     reward_centering_penalty,
     soft_bt_loss,
 )
+from rlxf.objectives.sequence_ratio import cispo_loss, gspo_loss
 from rlxf.objectives.supervised import sft_loss
+from rlxf.objectives.value import clipped_value_loss
 
 __all__ = [
     "bradley_terry_loss", "cdpo_loss", "cpl_loss", "cringe_pairwise_loss", "discopop_loss", "dpo_loss",
@@ -48,5 +51,6 @@ __all__ = [
     "OBJECTIVES", "orpo_loss", "pinball_loss", "ppo_clip_loss", "quantile_bt_loss", "register", "reinforce_loss",
     "reward_centering_penalty", "rloo_loss", "robust_dpo_loss", "rpo_loss", "sft_loss", "simpo_loss", "soft_bt_loss",
     "sppo_loss", "update_group_weights",
-    "hypo_loss", "vpo_loss", "xpo_loss",
+    "hypo_loss", "vpo_loss", "xpo_loss", "cispo_loss", "clipped_value_loss", "copg_loss", "gspo_loss", "p3o_loss",
+    "rebel_loss",
 ]

@@ -10,6 +10,9 @@ Masked positions are replaced by 0 on entry, so garbage there (-inf log-probs, N
 cannot reach the loss or, through `0 * nan`, the gradient. Importance ratios are formed in log space with
 the log-ratio clamped to [-20, 20] before `exp`: beyond that the ratio is saturated (and its gradient 0),
 which keeps the loss finite in float32 for any input.
+
+`ppo_clip_loss` and `grpo_loss` optionally take the generator's log-probs `sampler_logps` and a cap `tis_cap`:
+truncated importance sampling between sampler and trainer (Yao et al. 2025, `rlxf.ops.importance`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from rlxf.objectives.base import (
 )
 from rlxf.objectives.registry import register
 from rlxf.ops import kl_k3
+from rlxf.ops.importance import sampler_mismatch_metrics, truncated_importance_weights
 
 __all__ = ["reinforce_loss", "ppo_clip_loss", "grpo_loss", "rloo_loss"]
 
@@ -69,6 +73,20 @@ def _clipped_surrogate(
         is_dual_clipped = (advantages < 0) & (objective < floor)
         objective = torch.where(is_dual_clipped, floor, objective)
     return objective, is_clipped, is_dual_clipped
+
+
+def _sampler_correction(
+    old_logps: Tensor, sampler_logps: Tensor | None, mask: Tensor, tis_cap: float | None
+) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """The TIS weights `(B, T)` (None when `tis_cap` is None) and the sampler-mismatch metrics (none without
+    `sampler_logps`); see `rlxf.ops.importance`."""
+    if tis_cap is None:
+        if sampler_logps is None:
+            return None, {}
+        return None, sampler_mismatch_metrics(old_logps, sampler_logps, mask)
+    if sampler_logps is None:
+        raise ValueError(f"tis_cap={tis_cap} needs sampler_logps (the generator's log-probs), or set tis_cap=None")
+    return truncated_importance_weights(old_logps, sampler_logps, mask, cap=tis_cap)
 
 
 def _ratio_metrics(ratio: Tensor, policy_logps: Tensor, old_logps: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -116,9 +134,11 @@ def ppo_clip_loss(
     advantages: Tensor,
     mask: Tensor,
     *,
+    sampler_logps: Tensor | None = None,
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
     dual_clip: float | None = None,
+    tis_cap: float | None = None,
 ) -> LossOutput:
     """PPO clipped surrogate (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7):
 
@@ -130,23 +150,32 @@ def ppo_clip_loss(
     max( min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t), c A_t ), bounding the loss of a bad action whose
     ratio has run away (off-policy data); tokens with A_t >= 0 are unchanged.
 
+    With `tis_cap = C` (truncated importance sampling, Yao et al. 2025, see `rlxf.ops.importance`) each token's
+    loss is multiplied by the constant w_t = min(pi_old(a_t | s_t) / mu(a_t | s_t), C), mu the sampler that
+    generated the tokens, correcting for the gap between the generator's and the trainer's log-probs.
+
     Args:
         policy_logps: `(B, T)` log pi_theta (differentiable).
-        old_logps: `(B, T)` log pi_theta_old of the same tokens (constants).
+        old_logps: `(B, T)` log pi_theta_old of the same tokens (constants; the trainer's, before the update).
         advantages: `(B,)` or `(B, T)` A_t (constants).
         mask: bool `(B, T)`.
+        sampler_logps: `(B, T)` log mu, the generator's log-probs of the same tokens (constants); required
+            iff `tis_cap` is set; when given, the sampler-mismatch metrics are reported.
         clip_eps: eps, or eps_low when `clip_eps_high` is given.
         clip_eps_high: upper clip eps_high (DAPO's "clip-higher", Yu et al. 2025); None means eps.
         dual_clip: c > 1, or None for no dual clip.
+        tis_cap: C > 0 for TIS weights (Yao et al. use 2), or None for none.
     Returns:
         LossOutput with loss `(B, T)` and metrics `clip_frac` (tokens whose gradient the clip zeroed),
         `ratio_mean`, `ratio_max`, `approx_kl` (k3 estimate of KL(pi_old || pi_theta)), plus
-        `dual_clip_frac` when `dual_clip` is set.
-    Deviations: optional asymmetric clip range; the log-ratio is clamped to [-20, 20] before exp; the
-    expectation E_t is left to `ops.aggregate` (default `token_mean`).
+        `dual_clip_frac` when `dual_clip` is set, `sampler_trainer_kl` and `sampler_trainer_logp_absdiff`
+        when `sampler_logps` is given, and `tis_weight_mean`, `tis_truncated_frac` when `tis_cap` is set.
+    Deviations: optional asymmetric clip range; optional TIS weights; the log-ratio is clamped to [-20, 20]
+    before exp; the expectation E_t is left to `ops.aggregate` (default `token_mean`).
     """
-    check_token_tensors(mask, policy_logps=policy_logps, old_logps=old_logps)
+    check_token_tensors(mask, policy_logps=policy_logps, old_logps=old_logps, sampler_logps=sampler_logps)
     eps_low, eps_high = _check_clip(clip_eps, clip_eps_high, dual_clip)
+    tis_weights, sampler_metrics = _sampler_correction(old_logps, sampler_logps, mask, tis_cap)
     adv = _zero_masked(expand_advantages(advantages, mask).detach(), mask)
     policy, old = _zero_masked(policy_logps, mask), _zero_masked(old_logps.detach(), mask)
     ratio = _importance_ratio(policy, old)
@@ -154,11 +183,13 @@ def ppo_clip_loss(
         ratio, adv, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
     )
     loss = torch.where(mask, -objective, 0.0)
+    if tis_weights is not None:
+        loss = loss * tis_weights
     metrics = {"clip_frac": masked_metric(is_clipped.float(), mask)}
     metrics.update(_ratio_metrics(ratio, policy, old, mask))
     if is_dual is not None:
         metrics["dual_clip_frac"] = masked_metric(is_dual.float(), mask)
-    return LossOutput(loss, metrics)
+    return LossOutput(loss, {**metrics, **sampler_metrics})
 
 
 @register("grpo", default_aggregation="seq_mean_token_mean")
@@ -169,9 +200,11 @@ def grpo_loss(
     mask: Tensor,
     *,
     ref_logps: Tensor | None = None,
+    sampler_logps: Tensor | None = None,
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
     beta: float = 0.04,
+    tis_cap: float | None = None,
 ) -> LossOutput:
     """GRPO (Shao et al. 2024, "DeepSeekMath", eq. 3), with the KL estimator of eq. 4:
 
@@ -191,13 +224,16 @@ def grpo_loss(
         advantages: `(B,)` or `(B, T)` A_{i,t} (constants); B = n_prompts * G, groups contiguous.
         mask: bool `(B, T)`.
         ref_logps: `(B, T)` log pi_ref, required iff beta > 0 (if given with beta = 0, only logged).
+        sampler_logps, tis_cap: the generator's log-probs and the truncated-importance-sampling cap C, passed
+            to `ppo_clip_loss` (the TIS weights multiply the clipped term, not the KL term).
         clip_eps, clip_eps_high: eps (eps_low) and the optional upper eps_high (DAPO clip-higher).
         beta: KL coefficient >= 0.
     Returns:
         LossOutput with loss `(B, T)` and metrics `clip_frac`, `ratio_mean`, `ratio_max`, `approx_kl`, and
-        `kl` (the k3 estimate of KL(pi_theta || pi_ref)) when `ref_logps` is given.
+        `kl` (the k3 estimate of KL(pi_theta || pi_ref)) when `ref_logps` is given, plus the sampler and TIS
+        metrics of `ppo_clip_loss`.
     Deviations: advantages come from the population std (see `ops.group_zscore`); optional asymmetric clip;
-    log-ratios clamped to [-20, 20] before exp (also inside D_KL).
+    optional TIS weights; log-ratios clamped to [-20, 20] before exp (also inside D_KL).
     """
     check_token_tensors(mask, policy_logps=policy_logps, old_logps=old_logps, ref_logps=ref_logps)
     if not beta >= 0.0:
@@ -205,7 +241,8 @@ def grpo_loss(
     if beta > 0.0 and ref_logps is None:
         raise ValueError(f"grpo_loss with beta={beta} > 0 needs ref_logps (or set beta=0)")
     out = ppo_clip_loss(
-        policy_logps, old_logps, advantages, mask, clip_eps=clip_eps, clip_eps_high=clip_eps_high
+        policy_logps, old_logps, advantages, mask, sampler_logps=sampler_logps, clip_eps=clip_eps,
+        clip_eps_high=clip_eps_high, tis_cap=tis_cap,
     )
     if ref_logps is None:
         return out

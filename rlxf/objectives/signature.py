@@ -119,6 +119,7 @@ _LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "clip_eps": (0.0, False), "clip_eps_high": (0.0, False), "dual_clip": (1.0, False), "tau": (0.0, False),
     "epsilon": (0.0, True), "desirable_weight": (0.0, True), "undesirable_weight": (0.0, True), "k": (1.0, True),
     "bc_weight": (0.0, True), "gamma": (0.0, True), "lambda_": (0.0, True), "lam": (0.0, True),
+    "tis_cap": (0.0, False), "eta": (0.0, False), "weight_cap": (0.0, False),
 }
 
 

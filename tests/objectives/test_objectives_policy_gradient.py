@@ -1,5 +1,6 @@
 """Policy-gradient losses (rlxf.objectives.policy_gradient): hand values, clipping, limits, extremes."""
 
+import functools
 import math
 
 import pytest
@@ -230,3 +231,82 @@ def test_shape_and_argument_checks():
         ppo_clip_loss(policy, old, adv, mask, dual_clip=0.5)
     with pytest.raises(TypeError):
         ppo_clip_loss(policy, old, adv, mask, 0.2)  # hyperparameters are keyword-only
+
+
+# ------------------------------------------------------------ truncated importance sampling (sampler vs trainer)
+
+
+def _tis_case():
+    """PPO ratios r = (1.1, 1.5, 1.1) with A = (1, 1, -1), and a sampler whose log-probs make
+    pi_old / mu = (0.5, 4, 1)."""
+    policy, old, adv, mask = _ratio_case([1.1, 1.5, 1.1], [1.0, 1.0, -1.0])
+    sampler = old - torch.log(torch.tensor([[0.5, 4.0, 1.0]]))
+    return policy, old, sampler, adv, mask
+
+
+def test_ppo_clip_tis_by_hand():
+    """eps = 0.2. PPO alone: r = 1.1, A = 1 -> loss -1.1, grad -1.1; r = 1.5, A = 1 -> clipped, loss -1.2, grad 0;
+    r = 1.1, A = -1 -> min(-1.1, -1.1) = -1.1, loss 1.1, grad 1.1. TIS with C = 2: w = min(pi_old / mu, 2) =
+    (0.5, 2, 1) multiplies loss and gradient: loss (-0.55, -2.4, 1.1), grad (-0.55, 0, 1.1). Metrics:
+    tis_weight_mean = 3.5 / 3, tis_truncated_frac = 1/3, the k3 estimate of KL(mu || pi_old) = mean of
+    rho - 1 - log rho over rho = pi_old / mu, |log pi_old - log mu| averages (ln 2 + ln 4) / 3 = ln 2."""
+    policy, old, sampler, adv, mask = _tis_case()
+    out = ppo_clip_loss(policy, old, adv, mask, sampler_logps=sampler, clip_eps=0.2, tis_cap=2.0)
+    _close(out.loss, [[-0.55, -2.4, 1.1]])
+    _close(_grad(out, policy), [[-0.55, 0.0, 1.1]])
+    _close(out.metrics["tis_weight_mean"], 3.5 / 3)
+    _close(out.metrics["tis_truncated_frac"], 1 / 3)
+    _close(out.metrics["sampler_trainer_kl"], sum(r - 1 - math.log(r) for r in (0.5, 4.0, 1.0)) / 3)
+    _close(out.metrics["sampler_trainer_logp_absdiff"], math.log(2.0))
+    _close(out.metrics["clip_frac"], 1 / 3)  # the PPO metrics are those of the unweighted surrogate
+    assert all(v.dim() == 0 and not v.requires_grad for v in out.metrics.values())
+
+
+def test_tis_cap_none_is_bitwise_unchanged():
+    """Without tis_cap the loss is bitwise the one of the original call; sampler_logps only adds the two mismatch
+    metrics (no TIS metrics)."""
+    policy, old, ref, adv, mask = _random(5)
+    sampler = old + 0.2
+    for loss, kwargs in ((ppo_clip_loss, {"dual_clip": 3.0}), (grpo_loss, {"ref_logps": ref})):
+        plain = loss(policy, old, adv, mask, **kwargs)
+        logged = loss(policy, old, adv, mask, sampler_logps=sampler, **kwargs)
+        assert torch.equal(plain.loss, logged.loss)
+        assert torch.equal(_grad(plain, policy), _grad(logged, policy))
+        assert set(logged.metrics) == set(plain.metrics) | {"sampler_trainer_kl", "sampler_trainer_logp_absdiff"}
+
+
+def test_grpo_forwards_tis_to_the_clipped_term_only():
+    """grpo_loss = ppo_clip_loss (with the TIS weights) + beta * D_KL: the weights do not touch the KL term."""
+    policy, old, ref, adv, mask = _random(6)
+    sampler = old + 0.5 * torch.randn(old.shape, generator=torch.Generator().manual_seed(0))
+    grpo = grpo_loss(policy, old, adv, mask, ref_logps=ref, sampler_logps=sampler, beta=0.1, tis_cap=1.5)
+    ppo = ppo_clip_loss(policy, old, adv, mask, sampler_logps=sampler, tis_cap=1.5)
+    kl = torch.where(mask, torch.expm1(ref - policy.detach()) - (ref - policy.detach()), 0.0)
+    _close(grpo.loss, ppo.loss + 0.1 * kl)
+    for name in ("tis_weight_mean", "tis_truncated_frac", "sampler_trainer_kl", "sampler_trainer_logp_absdiff"):
+        _close(grpo.metrics[name], ppo.metrics[name])
+    assert float(ppo.metrics["tis_truncated_frac"]) > 0  # the cap binds somewhere
+
+
+def test_tis_extreme_inputs_and_checks():
+    """Old-vs-sampler log-ratios of +-100 and a fully masked row of NaN/-inf in every input: finite loss and
+    gradient, 0 on masked tokens; tis_cap without sampler_logps, or a bad cap, is refused."""
+    NAN_, NEG_INF_ = float("nan"), float("-inf")
+    policy = torch.tensor([[-1.0, -2.0, -1.0], [NAN_, NEG_INF_, 0.0]], requires_grad=True)
+    old = torch.tensor([[0.0, -100.0, -1.0], [NEG_INF_, NAN_, 5.0]])
+    sampler = torch.tensor([[-100.0, 0.0, -1.0], [NAN_, NEG_INF_, NAN_]])
+    adv = torch.tensor([1.0, NAN_])
+    mask = torch.tensor([[True, True, True], [False, False, False]])
+    for loss in (ppo_clip_loss, functools.partial(grpo_loss, ref_logps=old)):
+        out = loss(policy, old, adv, mask, sampler_logps=sampler, tis_cap=2.0)
+        assert torch.isfinite(out.loss).all() and all(torch.isfinite(v) for v in out.metrics.values())
+        for mode in AGGREGATION_MODES:
+            (grad,) = torch.autograd.grad(aggregate(out.loss, mask, mode, constant=6.0), policy, retain_graph=True)
+            assert torch.isfinite(grad).all() and (grad[1] == 0).all(), mode
+        with pytest.raises(ValueError, match="needs sampler_logps"):
+            loss(policy, old, adv, mask, tis_cap=2.0)
+        with pytest.raises(ValueError, match="cap"):
+            loss(policy, old, adv, mask, sampler_logps=sampler, tis_cap=-1.0)
+        with pytest.raises(ValueError, match="sampler_logps"):
+            loss(policy, old, adv, mask, sampler_logps=sampler[:, :2])
+

@@ -17,18 +17,19 @@ from rlxf.objectives import (
 from rlxf.objectives.registry import OBJECTIVE_KINDS
 from rlxf.ops import AGGREGATION_MODES
 
-TENSOR_KEYWORDS = {"policy_logps", "old_logps", "ref_logps", "advantages", "mask"}
+TENSOR_KEYWORDS = {"policy_logps", "old_logps", "ref_logps", "sampler_logps", "advantages", "rewards", "mask"}
+POLICY_GRADIENT = ["cispo", "copg", "grpo", "gspo", "p3o", "ppo_clip", "rebel", "reinforce", "rloo"]
 
 
 def test_names_and_lookup():
-    assert list_objectives(kind="policy_gradient") == ["grpo", "ppo_clip", "reinforce", "rloo"]
+    assert list_objectives(kind="policy_gradient") == POLICY_GRADIENT
     assert get_objective("grpo") is grpo_loss and get_objective("ppo_clip") is ppo_clip_loss
     assert get_objective("reinforce") is reinforce_loss and get_objective("rloo") is rloo_loss
     assert set(OBJECTIVES) == set(list_objectives())
 
 
 def test_unknown_name_lists_registered():
-    with pytest.raises(KeyError, match="grpo, ppo_clip, reinforce, rloo"):
+    with pytest.raises(KeyError, match=", ".join(POLICY_GRADIENT)):
         get_objective("gpro", kind="policy_gradient")
 
 
@@ -47,15 +48,22 @@ def test_default_aggregation_and_signatures():
         "ppo_clip": "token_mean",
         "reinforce": "seq_mean_token_sum",
         "rloo": "seq_mean_token_sum",
+        "gspo": "seq_mean_token_mean",
+        "cispo": "token_mean",
+        "rebel": "seq_mean_token_sum",
+        "p3o": "seq_mean_token_sum",
+        "copg": "seq_mean_token_sum",
     }
     for name in list_objectives(kind="policy_gradient"):
         fn = OBJECTIVES[name]
         assert fn.default_aggregation == expected[name] and fn.default_aggregation in AGGREGATION_MODES
         params = inspect.signature(fn).parameters.values()
         for p in params:
-            if p.name not in TENSOR_KEYWORDS - {"ref_logps"}:
+            if p.name not in TENSOR_KEYWORDS - {"ref_logps", "sampler_logps"}:
                 assert p.kind is inspect.Parameter.KEYWORD_ONLY, (name, p.name)
-        assert {"policy_logps", "advantages", "mask"} <= {p.name for p in params}
+        names = {p.name for p in params}
+        # Learning from advantages, or (the pairwise losses) from each pair's reward difference.
+        assert {"policy_logps", "mask"} <= names and ("advantages" in names) != ("rewards" in names), name
 
 
 def test_sequence_level_kinds_have_no_aggregation():

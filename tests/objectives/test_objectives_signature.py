@@ -29,7 +29,7 @@ def test_signature_splits_tensor_inputs_from_hyperparameters():
     assert {k: v[1] for k, v in sig.hyperparameters.items()} == {"scale": 2.0, "mode": "sum", "steps": None}
     assert loss_signature(dpo_loss).tensors == ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps",
                                                 "ref_rejected_logps")
-    assert set(loss_signature(grpo_loss).hyperparameters) == {"clip_eps", "clip_eps_high", "beta"}
+    assert set(loss_signature(grpo_loss).hyperparameters) == {"clip_eps", "clip_eps_high", "beta", "tis_cap"}
     assert "ref_logps" in loss_signature(grpo_loss).tensors  # keyword-only, but a tensor: an optional input
     assert "generator" in loss_signature(cringe_pairwise_loss).tensors  # an RNG is an input, not a setting
     assert set(loss_signature(kto_loss).hyperparameters) == {"beta", "desirable_weight", "undesirable_weight"}
