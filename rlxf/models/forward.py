@@ -75,13 +75,27 @@ def completion_logprobs(
         return completion_logprobs_padded(model, prompt_ids, completion_ids, n=n, pad_token_id=pad_token_id,
                                           temperature=temperature, with_entropy=with_entropy, chunk_size=chunk_size)
     decoder, weight = _decoder_and_head(model)
-    device = weight.device
+    hidden = completion_hidden_states(decoder, prompt_ids, completion_ids, n=n, pad_token_id=pad_token_id)
+    return logprobs_from_hidden(
+        hidden, weight, completion_ids.to(weight.device), chunk_size=chunk_size, temperature=temperature,
+        with_entropy=with_entropy,
+    )
+
+
+def completion_hidden_states(decoder, prompt_ids: list[list[int]], completion_ids: torch.Tensor, *, n: int,
+                             pad_token_id: int) -> torch.Tensor:
+    """The decoder's last hidden states ``(P * n, T, H)`` that predict each completion token: row ``r``, column
+    ``t`` is the state after ``prompt + completion[:t]`` (the prompt's last state for ``t = 0``). Each distinct
+    prompt is run once and its KV cache repeated for its ``n`` completions (same contract as
+    :func:`completion_logprobs`). ``decoder`` is a transformers decoder (``model.get_decoder()``); a value head
+    on these states gives V(s_t) of the state before token ``t``."""
+    device = next(decoder.parameters()).device
     rows, width = completion_ids.shape
     if rows != len(prompt_ids) * n:
         raise ValueError(f"completion_ids has {rows} rows but {len(prompt_ids)} prompts x n={n} were given")
     ids, attn = pad_left(prompt_ids, pad_token_id)
     ids, attn = ids.to(device), attn.to(device)
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=decoder.config)
     prefix = decoder(
         input_ids=ids, attention_mask=attn.long(), position_ids=left_padded_positions(attn),
         **cache_kwargs(decoder, cache), use_cache=True,
@@ -90,20 +104,17 @@ def completion_logprobs(
         cache.batch_repeat_interleave(n)
         prefix = prefix.repeat_interleave(n, dim=0)
         attn = attn.repeat_interleave(n, dim=0)
+    if width <= 1:
+        return prefix
     completion_ids = completion_ids.to(device)
-    hidden = prefix
-    if width > 1:
-        full_attn = torch.cat([attn, torch.ones((rows, width - 1), dtype=attn.dtype, device=device)], dim=1)
-        start = attn.sum(dim=1, keepdim=True)
-        positions = start + torch.arange(width - 1, device=device)[None, :]
-        body = decoder(
-            input_ids=completion_ids[:, :-1], attention_mask=full_attn.long(), position_ids=positions,
-            **cache_kwargs(decoder, cache), use_cache=True,
-        ).last_hidden_state
-        hidden = torch.cat([prefix, body], dim=1)
-    return logprobs_from_hidden(
-        hidden, weight, completion_ids, chunk_size=chunk_size, temperature=temperature, with_entropy=with_entropy
-    )
+    full_attn = torch.cat([attn, torch.ones((rows, width - 1), dtype=attn.dtype, device=device)], dim=1)
+    start = attn.sum(dim=1, keepdim=True)
+    positions = start + torch.arange(width - 1, device=device)[None, :]
+    body = decoder(
+        input_ids=completion_ids[:, :-1], attention_mask=full_attn.long(), position_ids=positions,
+        **cache_kwargs(decoder, cache), use_cache=True,
+    ).last_hidden_state
+    return torch.cat([prefix, body], dim=1)
 
 
 def completion_logprobs_padded(model, prompt_ids: list[list[int]], completion_ids: torch.Tensor, *, n: int,

@@ -6,8 +6,10 @@ from rlxf.runs.checkpoint import (
     first_nonfinite_parameter,
     latest_checkpoint,
     load_checkpoint,
+    load_trained_module,
     prune_checkpoints,
     save_checkpoint,
+    save_trained_module,
 )
 from rlxf.runs.options import (
     OptimizerOptions,
@@ -42,8 +44,8 @@ from rlxf.runs.steps import StepLoop
 __all__ = [
     "CheckpointError", "OptimizerOptions", "ResumableRunOptions", "RunDir", "RunOptions", "StepLoop", "Terminated",
     "build_optimizer", "check_new_run_dir", "check_run_name", "clip_gradients", "complete_checkpoints",
-    "first_nonfinite_parameter", "latest_checkpoint", "load_checkpoint", "mark_stopped", "nonfinite_reason",
-    "open_run_dir", "progress_bar", "prune_checkpoints", "read_run_config", "resolve_device", "resolve_resume",
-    "resume_config", "run_config_yaml", "run_recording_status", "run_state", "save_checkpoint", "save_run_checkpoint",
-    "set_threads", "start_run", "guarded_step",
+    "first_nonfinite_parameter", "latest_checkpoint", "load_checkpoint", "load_trained_module", "mark_stopped",
+    "nonfinite_reason", "open_run_dir", "progress_bar", "prune_checkpoints", "read_run_config", "resolve_device",
+    "resolve_resume", "resume_config", "run_config_yaml", "run_recording_status", "run_state", "save_checkpoint",
+    "save_run_checkpoint", "save_trained_module", "set_threads", "start_run", "guarded_step",
 ]

@@ -18,12 +18,13 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from rlxf.config import UserError
 from rlxf.models.loading import save_policy
@@ -78,8 +79,11 @@ def save_checkpoint(
     scheduler,
     sampling_rng: torch.Generator,
     trainer_state: dict[str, Any],
+    extras: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write a complete checkpoint directory at ``path`` (atomically replaced if it exists)."""
+    """Write a complete checkpoint directory at ``path`` (atomically replaced if it exists). ``extras(directory)``
+    writes a recipe's other trained state (e.g. PPO's critic, :func:`save_trained_module`) into the directory
+    before it is renamed into place, so that it is part of the same atomic checkpoint."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
@@ -101,6 +105,8 @@ def save_checkpoint(
         "numpy_rng": _numpy_state(),
     }
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    if extras is not None:
+        extras(tmp)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
@@ -139,6 +145,27 @@ def load_checkpoint(
     name, keys, pos, has_gauss, cached = state["numpy_rng"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     return state
+
+
+def save_trained_module(directory: Path, name: str, *, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler) -> None:
+    """A second trained module of a run beside the policy (PPO's critic): ``<name>.safetensors`` (its weights),
+    ``<name>.optimizer.safetensors`` and ``<name>.optimizer.json`` (param groups and scheduler state)."""
+    save_model(module, str(directory / f"{name}.safetensors"))  # handles tied (shared) tensors
+    tensors, groups = _optimizer_tensors(optimizer)
+    save_file(tensors, str(directory / f"{name}.optimizer.safetensors"))
+    (directory / f"{name}.optimizer.json").write_text(json.dumps(
+        {"param_groups": groups, "scheduler": scheduler.state_dict() if scheduler is not None else None}))
+
+
+def load_trained_module(directory: Path, name: str, *, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler) -> None:
+    """Restore what :func:`save_trained_module` wrote into live objects."""
+    load_model(module, str(directory / f"{name}.safetensors"))
+    state = json.loads((directory / f"{name}.optimizer.json").read_text())
+    _restore_optimizer(optimizer, load_file(str(directory / f"{name}.optimizer.safetensors")), state["param_groups"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
 
 
 def complete_checkpoints(root: str | os.PathLike) -> list[Path]:
