@@ -66,7 +66,7 @@ process verifiers, preferences).
 commands:
   train <recipe> [PRESET.yaml] [key=value ...]   train with a recipe (see `rlxf list`)
   eval <name> [PRESET.yaml] [key=value ...]      evaluate a policy or reward model
-  list                                           recipes, objectives, feedback sources and evals
+  list                                           recipes, objectives, advantage estimators, feedback sources, evals
   status <run dir>                               a run's state: running, dead (its process is gone), complete, ...
 
 examples:
@@ -283,7 +283,8 @@ def _objective_summary(fn) -> str:
 
 def _cmd_list(args: Sequence[str]) -> int:
     if args and args[0] in _HELP:
-        print("usage: rlxf list\n\nrecipes, objectives (losses), feedback sources and evals, with summaries.")
+        print("usage: rlxf list\n\nrecipes, objectives (losses), advantage estimators, feedback sources and evals, "
+              "with summaries.")
         return 0
     if args:
         raise CLIError(f"'rlxf list' takes no arguments, got {' '.join(args)!r}")
@@ -293,6 +294,8 @@ def _cmd_list(args: Sequence[str]) -> int:
         "recipes (rlxf train <name>):": [(name, entry.summary) for name, entry in _registry("train").items()],
         "objectives (losses; [the recipe that trains it, its default aggregation]):": [
             (name, _objective_summary(objectives.get_objective(name))) for name in objectives.list_objectives()],
+        "advantage estimators (rlxf train grpo advantage=<name>; gae is rlxf train ppo):": list(
+            importlib.import_module("rlxf.ops.advantages").ESTIMATOR_SUMMARIES.items()),
         "feedback sources:": feedback.list_feedback(),
         "evals (rlxf eval <name>):": [(name, entry.summary) for name, entry in _registry("eval").items()],
     }

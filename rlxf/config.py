@@ -512,6 +512,7 @@ def build_config(cls: type, preset: str | Path | Sequence[str | Path] | None = N
     else:
         items = [(key, _yaml_value(text), text, f"in override '{item}'")
                  for item in overrides for key, text in [parse_override(item)]]
+    _drop_other_objectives_settings(values, items)
     for item in items:
         _apply(specs, values, *item, merge=False)
     missing = [s.name for s in specs.values() if s.required and s.name not in values]
@@ -525,6 +526,20 @@ def build_config(cls: type, preset: str | Path | Sequence[str | Path] | None = N
         raise ConfigError(f"invalid {cls.__name__}: {' '.join(str(e).split())}") from None
     check_config(cfg)
     return cfg
+
+
+# A preset's loss settings belong to its objective (grpo's `beta` means nothing to gspo).
+_OBJECTIVE_SETTINGS = ("loss", "aggregation")
+
+
+def _drop_other_objectives_settings(values: dict[str, Any], overrides: list[tuple]) -> None:
+    """When an override names another objective than the presets did, the presets' ``loss`` and ``aggregation``
+    (written for their objective) give way to the field defaults before the overrides apply: ``rlxf train grpo
+    objective=gspo`` runs GSPO with GSPO's own defaults, not with grpo's ``beta``; ``loss.x=...`` then sets one key."""
+    named = [value for key, value, *_ in overrides if _norm_key(key) == "objective"]
+    if named and "objective" in values and named[-1] != values["objective"]:
+        for name in _OBJECTIVE_SETTINGS:
+            values.pop(name, None)
 
 
 def config_from_yaml(cls: type, path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Any:

@@ -20,14 +20,14 @@ class OnlineStages:
         rollout = sample(rows)                        # the generator: token ids + sampler log-probs
         scores = score(rows, rollout)                 # the feedback: one value per completion (+ info)
         advantages = advantages(scores, rollout)      # (N,) or (N, T)
-        metrics = train_on(rollout, advantages)       # the learner: forward/backward, optimizer update(s)
+        metrics = train_on(rollout, scores, advantages)   # the learner (and critic): forward/backward, update(s)
         publish(version)                              # the learner's new weights to the generator
     """
 
     sample: Callable[[list[dict[str, Any]]], Rollout]
     score: Callable[[list[dict[str, Any]], Rollout], Scores]
     advantages: Callable[[Scores, Rollout], Tensor]
-    train_on: Callable[[Rollout, Tensor], dict[str, float]]
+    train_on: Callable[[Rollout, Scores, Tensor], dict[str, float]]
     publish: Callable[[int], None]
 
 

@@ -20,7 +20,7 @@ class LocalExecutor:
         scores = stages.score(rows, rollout)
         t2 = time.perf_counter()
         advantages = stages.advantages(scores, rollout)
-        metrics = stages.train_on(rollout, advantages)
+        metrics = stages.train_on(rollout, scores, advantages)
         stages.publish(version)
         t3 = time.perf_counter()
         return StepResult(rollout, scores, advantages, metrics,

@@ -20,6 +20,12 @@ RECIPES: dict[str, Entry] = {
         "rloo.yaml",
         "Online RL with leave-one-out baselines (RLOO) on the same job as grpo.",
     ),
+    "ppo": Entry(
+        "rlxf.recipes.online_rl",
+        "ppo.yaml",
+        "Actor-critic PPO (InstructGPT-style): a learned critic, GAE on the KL-shaped token reward, whitened "
+        "advantages, clipped surrogate and clipped value loss over several passes; same job as grpo.",
+    ),
     "dpo": Entry(
         "rlxf.recipes.preference",
         "dpo.yaml",

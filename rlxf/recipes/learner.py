@@ -33,7 +33,7 @@ from rlxf.ops import aggregate, aggregate_denominator, kl_k3, masked_mean
 from rlxf.runs import build_optimizer, clip_gradients
 from rlxf.types import Rollout
 
-__all__ = ["Learner", "train_on"]
+__all__ = ["Learner", "group_rows", "micro_batches", "mini_batches", "rollout_logps", "train_on"]
 
 
 @dataclass
@@ -59,13 +59,14 @@ class Learner:
         return float(self.hyperparameters.get("beta", 0.0))
 
     @classmethod
-    def create(cls, config, model, *, precision: str, pad_token_id: int) -> Learner:
+    def create(cls, config, model, *, precision: str, pad_token_id: int, needs_reference: bool = False) -> Learner:
         """The objective by name (it must be a policy-gradient loss), its hyperparameters from ``config.loss``,
-        the reference (loaded when the loss has a KL term or KL is measured), AdamW and a warmup schedule."""
+        the reference (loaded when the loss has a KL term, KL is measured, or ``needs_reference``: a KL-shaped
+        reward), AdamW and a warmup schedule."""
         objective = objective_of_kind(config.objective, "policy_gradient")
         hyperparameters = resolve_hyperparameters(objective, config.loss)
         reference = None
-        if hyperparameters.get("beta", 0.0) > 0 or config.ref_kl_every > 0:
+        if hyperparameters.get("beta", 0.0) > 0 or config.ref_kl_every > 0 or needs_reference:
             reference, _ = load_policy(config.model, device=next(model.parameters()).device, seed=config.seed)
             reference.eval().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -107,67 +108,84 @@ class _Metrics:
         return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
 
 
-def _rows(groups: list[int], n: int) -> Tensor:
+def group_rows(groups: list[int], n: int) -> Tensor:
     """The rollout rows of prompt ``groups`` (each group's ``n`` completions are contiguous)."""
     return torch.tensor([g * n + j for g in groups for j in range(n)])
 
 
-def _micro_batches(groups: list[int], per: int, n: int):
+def micro_batches(groups: list[int], per: int, n: int):
     """``(groups, rows)`` of each micro-batch of at most ``per`` groups (0: all at once), in order."""
     per = per or max(1, len(groups))
     for start in range(0, len(groups), per):
         chunk = groups[start:start + per]
-        yield chunk, _rows(chunk, n)
+        yield chunk, group_rows(chunk, n)
 
 
-def _mini_batches(groups: int, size: int, *, shuffle: bool, seed: int) -> list[list[int]]:
+def mini_batches(groups: int, size: int, *, shuffle: bool, seed: int) -> list[list[int]]:
     order = list(range(groups))
     if shuffle:
         random.Random(seed).shuffle(order)
     return [order[i:i + size] for i in range(0, groups, size)]
 
 
-def train_on(learner: Learner, rollout: Rollout, advantages: Tensor, *, step: int) -> dict[str, float]:
-    """The update stage: ``ppo_epochs`` passes of guarded optimizer updates on ``rollout`` (see the module
-    docstring). Returns the step's metrics; ``nonfinite`` is set (and the rest of the batch's updates skipped,
-    no gradient left behind) when a loss or gradient is not finite."""
+def update_schedule(config, groups: int, step: int) -> list[tuple[int, list[int]]]:
+    """``(epoch, mini-batch of prompt groups)`` for each optimizer update of a step: ``ppo_epochs`` passes, each in
+    mini-batches of ``mini_batch_groups`` groups, shuffled per pass with a seed of the step and the pass (so a
+    resumed run repeats them) when there are several."""
+    per_update = config.mini_batch_groups or groups
+    shuffle = per_update < groups  # one mini-batch of every group needs no new order
+    return [(epoch, mini) for epoch in range(config.ppo_epochs)
+            for mini in mini_batches(groups, per_update, shuffle=shuffle,
+                                     seed=(config.seed * 1_000_003 + step) * 101 + epoch)]
+
+
+def train_on(learner: Learner, rollout: Rollout, advantages: Tensor, *, step: int,
+             old_logps: Tensor | None = None, rewards: Tensor | None = None) -> dict[str, float]:
+    """The update stage: ``ppo_epochs`` passes of guarded optimizer updates on ``rollout`` with ``advantages``
+    ``(N,)`` or ``(N, T)`` (see the module docstring). ``old_logps`` ``(N, T)``: the policy's log-probs before the
+    update when the caller has them already (PPO's KL-shaped reward needs them first); ``rewards`` ``(N,)``: each
+    completion's reward, for losses that declare them (the pairwise ones, REBEL, P3O, CoPG). Returns the step's metrics;
+    ``nonfinite`` is set (and the rest of the batch's updates skipped, no gradient left behind) when a loss or
+    gradient is not finite."""
     c, n = learner.config, rollout.n
     device = next(learner.model.parameters()).device
     mask_all = rollout.completion_mask.to(device)
-    carries = [not (c.skip_zero_advantage and learner.kl_coef == 0 and bool((g == 0).all()))
-               for g in advantages.view(-1, n)]
+    declared = loss_signature(learner.objective).tensors
+    # A group whose advantages are all 0 carries no gradient only for a loss linear in them without a KL term (not
+    # for one that regresses on rewards, e.g. REBEL, whose residual is nonzero once the policy has moved).
+    skippable = c.skip_zero_advantage and learner.kl_coef == 0 and "rewards" not in declared
+    carries = [not (skippable and bool((g == 0).all())) for g in advantages.reshape(len(rollout.prompt_ids), -1)]
     groups = len(carries)
     per_update = c.mini_batch_groups or groups
     updates = c.ppo_epochs * -(-groups // per_update)
-    wants_old = "old_logps" in loss_signature(learner.objective).tensors
-    old_all = _old_logps(learner, rollout, carries) if updates > 1 and wants_old else None
+    wants_old = "old_logps" in declared
+    old_all = old_logps.float().cpu() if old_logps is not None and wants_old else (
+        _old_logps(learner, rollout, carries) if updates > 1 and wants_old else None)
     metrics, epoch_metrics = _Metrics(), [_Metrics() for _ in range(c.ppo_epochs)]
     out: dict[str, float] = {"trained_groups": float(sum(carries))}
     losses, grad_norms = [], []
     if not any(carries):
         learner.optimizer.zero_grad(set_to_none=True)
         return {**out, "loss": 0.0}
-    shuffle = per_update < groups  # one mini-batch of every group needs no new order
-    for epoch in range(c.ppo_epochs):
-        for mini in _mini_batches(groups, per_update, shuffle=shuffle, seed=(c.seed * 1_000_003 + step) * 101 + epoch):
-            denominator = aggregate_denominator(mask_all[_rows(mini, n).to(device)], learner.aggregation)
-            active = [g for g in mini if carries[g]]
-            loss = _accumulate(learner, rollout, advantages, active, denominator, old_all,
-                               (metrics, epoch_metrics[epoch]))
-            if loss is None:
-                return {**out, "nonfinite": 1.0, "loss": float("nan")}
-            if not active:
-                continue
-            grad_norm = clip_gradients(learner.params, c.max_grad_norm)
-            grad_norms.append(float(grad_norm))
-            losses.append(loss)
-            if not torch.isfinite(grad_norm):
-                learner.optimizer.zero_grad(set_to_none=True)
-                return {**out, **metrics.means(), "loss": sum(losses) / len(losses), "grad_norm": float(grad_norm),
-                        "nonfinite": 1.0}
-            learner.optimizer.step()
-            learner.scheduler.step()
+    for epoch, mini in update_schedule(c, groups, step):
+        denominator = aggregate_denominator(mask_all[group_rows(mini, n).to(device)], learner.aggregation)
+        active = [g for g in mini if carries[g]]
+        loss = _accumulate(learner, rollout, advantages, rewards, active, denominator, old_all,
+                           (metrics, epoch_metrics[epoch]))
+        if loss is None:
+            return {**out, "nonfinite": 1.0, "loss": float("nan")}
+        if not active:
+            continue
+        grad_norm = clip_gradients(learner.params, c.max_grad_norm)
+        grad_norms.append(float(grad_norm))
+        losses.append(loss)
+        if not torch.isfinite(grad_norm):
             learner.optimizer.zero_grad(set_to_none=True)
+            return {**out, **metrics.means(), "loss": sum(losses) / len(losses), "grad_norm": float(grad_norm),
+                    "nonfinite": 1.0}
+        learner.optimizer.step()
+        learner.scheduler.step()
+        learner.optimizer.zero_grad(set_to_none=True)
     out.update(metrics.means())
     if c.ppo_epochs > 1:
         for e, em in enumerate(epoch_metrics, start=1):
@@ -177,19 +195,22 @@ def train_on(learner: Learner, rollout: Rollout, advantages: Tensor, *, step: in
     return out
 
 
-def _accumulate(learner, rollout, advantages, groups, denominator, old_all, recorders) -> float | None:
+def _accumulate(learner, rollout, advantages, rewards, groups, denominator, old_all, recorders) -> float | None:
     """Forward/backward over micro-batches of ``groups``; the summed loss, or None (gradients cleared) when it is
     not finite."""
     n, device = rollout.n, next(learner.model.parameters()).device
     declared = loss_signature(learner.objective).tensors
     total = 0.0
-    for chunk, rows in _micro_batches(groups, learner.config.micro_batch_groups, n):
+    for chunk, rows in micro_batches(groups, learner.config.micro_batch_groups, n):
         completion = rollout.completion_ids[rows].to(device)
         mask = rollout.completion_mask[rows].to(device)
         prompts = [rollout.prompt_ids[g] for g in chunk]
         logps, entropy = learner.logps(learner.model, prompts, completion, n, with_entropy=True)
         available = {"policy_logps": logps, "advantages": advantages[rows].to(device), "mask": mask,
-                     "old_logps": logps.detach() if old_all is None else old_all[rows].to(device)}
+                     "old_logps": logps.detach() if old_all is None else old_all[rows].to(device),
+                     "sampler_logps": rollout.sampler_logps[rows].to(device)}
+        if rewards is not None:
+            available["rewards"] = rewards[rows].to(device)
         if learner.kl_coef > 0:
             with torch.no_grad():
                 available["ref_logps"], _ = learner.logps(learner.reference, prompts, completion, n)
@@ -214,15 +235,22 @@ def _accumulate(learner, rollout, advantages, groups, denominator, old_all, reco
     return total
 
 
-@torch.no_grad()
 def _old_logps(learner: Learner, rollout: Rollout, carries: list[bool]) -> Tensor:
     """``(N, T)`` log-probs of the rollout under the policy before this batch's first update (rows of groups
     without gradient stay 0: they are never trained on)."""
+    return rollout_logps(learner, learner.model, rollout, groups=[g for g, carry in enumerate(carries) if carry])
+
+
+@torch.no_grad()
+def rollout_logps(learner: Learner, model, rollout: Rollout, *, groups: list[int] | None = None) -> Tensor:
+    """``(N, T)`` float32 CPU log-probs of the rollout's tokens under ``model`` (the policy, the reference), without
+    gradient, in micro-batches of ``micro_batch_groups`` prompt groups; rows of groups not in ``groups`` (default:
+    all) stay 0."""
     n, device = rollout.n, next(learner.model.parameters()).device
     out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32)
-    active = [g for g, carry in enumerate(carries) if carry]
-    for chunk, rows in _micro_batches(active, learner.config.micro_batch_groups, n):
-        logps, _ = learner.logps(learner.model, [rollout.prompt_ids[g] for g in chunk],
+    groups = list(range(len(rollout.prompt_ids))) if groups is None else groups
+    for chunk, rows in micro_batches(groups, learner.config.micro_batch_groups, n):
+        logps, _ = learner.logps(model, [rollout.prompt_ids[g] for g in chunk],
                                  rollout.completion_ids[rows].to(device), n)
         out[rows] = logps.float().cpu()
     return out

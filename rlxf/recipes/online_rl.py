@@ -37,7 +37,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,8 +54,10 @@ from rlxf.feedback import FeedbackError, FeedbackSourceFailed, finite_mask, make
 from rlxf.models import load_policy, save_policy
 from rlxf.models.layout import use_kn_layout
 from rlxf.models.precision import resolve_precision
-from rlxf.ops import ADVANTAGE_ESTIMATORS
-from rlxf.recipes.learner import Learner, train_on
+from rlxf.objectives.signature import loss_signature
+from rlxf.ops import ADVANTAGE_ESTIMATORS, masked_mean, policy_filtration, reinforce_pp, remax
+from rlxf.recipes.critic import Critic
+from rlxf.recipes.learner import Learner, rollout_logps, train_on
 from rlxf.recipes.prompt_rows import check_prompt_lengths, load_rows
 from rlxf.recipes.stages import group_advantages, sample, score
 from rlxf.rollout import make_generator
@@ -87,7 +89,14 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
         {}, "Loss hyperparameters, loss.<name>=value (e.g. loss.beta=0.04 loss.clip_eps=0.2): keyword arguments of "
             "the objective's function, checked against it; unset ones take the function's defaults (config.yaml "
             "records all). A `beta` > 0 is a KL(pi || ref) term and loads the reference.")
-    advantage: str = option("group_zscore", "Advantage estimator: group_zscore, group_center, leave_one_out.")
+    advantage: str = option(
+        "group_zscore", "Advantage estimator: group_zscore, group_center, leave_one_out (each group's rewards); remax "
+                        "(minus the reward of each prompt's greedy reply, sampled too); reinforce_pp, "
+                        "reinforce_pp_baseline (REINFORCE++: KL-shaped token returns normalised over the batch); gae "
+                        "(a learned critic: actor-critic PPO, `rlxf train ppo`).")
+    filtration: Literal["none", "best", "best_random", "best_worst"] = option(
+        "none", "PF-PPO policy filtration: train only on each group's best reply (best), best and one other at random "
+                "(best_random) or best and worst (best_worst); the others leave the loss and its denominator.")
     aggregation: str | None = option(
         None, "ops.aggregate mode of the loss; null = the objective's own default_aggregation (`rlxf list` shows "
               "it; the grpo preset sets token_mean, the token-level normalisation of DAPO and of TRL's default).")
@@ -102,7 +111,7 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
     # sampling
     prompts_per_step: int = option(8, "Distinct prompts per optimizer step.", ge=1)
     samples_per_prompt: int = option(
-        4, "Completions sampled per prompt (the group size G; the group baselines need G >= 2).", ge=2)
+        4, "Completions sampled per prompt (the group size G; the group baselines need G >= 2).", ge=1)
     max_new_tokens: int = option(32, "Longest completion during training.", ge=1)
     max_prompt_tokens: int = option(
         1024, "Longest prompt (chat template included) in tokens; a longer row is refused at load with its "
@@ -134,13 +143,27 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
     eval_batch_size: int = option(100, "Prompts per evaluation batch.", ge=1)
     ref_kl_every: int = option(10, "Without a KL term in the loss, measure KL to the reference every N steps "
                                    "(0 = never).", ge=0)
+    # the critic: read only with advantage=gae (actor-critic PPO)
+    critic: str = option(
+        "policy_copy", "advantage=gae: the value model: policy_copy (the initial policy's decoder with a new scalar "
+                       "head) or another model with the policy's tokenizer ('tiny', a directory), with its own AdamW.")
+    critic_lr: float = option(
+        1e-5, "advantage=gae: the critic's learning rate (same warmup and clipping as the policy).", gt=0)
+    value_clip: float | None = option(
+        0.2, "advantage=gae: clip V within this of its value at sampling in the value loss (null = unclipped).", gt=0)
+    gamma: float = option(1.0, "advantage=gae: discount per token.", ge=0, le=1)
+    lam: float = option(0.95, "advantage=gae: GAE lambda (1 = Monte-Carlo returns, 0 = one-step TD).", ge=0, le=1)
+    reward_kl_coef: float = option(
+        0.05, "advantage=gae or reinforce_pp(_baseline): beta of the KL-shaped reward, -beta (log pi_old - log pi_ref) "
+              "at every token plus the feedback's reward at the last (loads the reference).", ge=0)
+    whiten_advantages: bool = option(True, "advantage=gae: whiten the advantages over the batch's tokens.")
     max_feedback_failures: int = option(
         20, "Stop (status stopped, resumable) after this many steps in a row with nothing to learn from: no finite "
             "reward, or every group's rewards equal (0 = never). The first error of each kind is printed and kept "
             "in summary.json.", ge=0)
 
     def __post_init__(self) -> None:
-        if self.samples_per_prompt == 1:  # the one setting in range that cannot learn: say why
+        if self.samples_per_prompt == 1 and self.advantage in ADVANTAGE_ESTIMATORS:  # cannot learn: say why
             raise ConfigError(f"samples_per_prompt=1 cannot learn: the advantage ({self.advantage}) compares each "
                               f"completion with the others sampled for its prompt, so a group of one has advantage 0 "
                               f"everywhere; use samples_per_prompt >= 2")
@@ -148,11 +171,29 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
         if self.generator == "fast" and self.generation_precision == "bf16":
             raise ConfigError("generator=fast samples in the model's own dtype (fp32); use generator=transformers "
                               "for generation_precision=bf16")
-        if self.advantage not in ADVANTAGE_ESTIMATORS:
-            close = difflib.get_close_matches(self.advantage, list(ADVANTAGE_ESTIMATORS), n=1)
+        estimators = [*ADVANTAGE_ESTIMATORS, *ESTIMATOR_FIELDS]
+        if self.advantage not in estimators:
+            close = difflib.get_close_matches(self.advantage, estimators, n=1)
             raise ConfigError(f"bad value for 'advantage': unknown estimator {self.advantage!r}"
                               + (f"; did you mean {close[0]!r}?" if close else "")
-                              + f" (one of {', '.join(sorted(ADVANTAGE_ESTIMATORS))})")
+                              + f" (one of {', '.join(sorted(estimators))})")
+        defaults = {f.name: f.default for f in fields(self)}
+        unread = [name for name in ESTIMATOR_FIELDS["gae"] if name not in ESTIMATOR_FIELDS.get(self.advantage, ())
+                  and getattr(self, name) != defaults[name]]
+        if unread:
+            readers = sorted(a for a, names in ESTIMATOR_FIELDS.items() if unread[0] in names)
+            raise ConfigError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only with advantage="
+                              f"{' or '.join(readers)}; this run has advantage={self.advantage}")
+
+
+# The estimators that need more than each group's rewards (ops.ESTIMATOR_SUMMARIES names them all), and the fields
+# each reads (gae's: the critic's).
+ESTIMATOR_FIELDS = {
+    "gae": ("critic", "critic_lr", "value_clip", "gamma", "lam", "reward_kl_coef", "whiten_advantages"),
+    "reinforce_pp": ("reward_kl_coef",),
+    "reinforce_pp_baseline": ("reward_kl_coef",),
+    "remax": (),
+}
 
 
 class Trainer:
@@ -183,7 +224,13 @@ class Trainer:
         self.precisions = {"training": precision, "sampling": generation_precision}
         if hasattr(model.config, "use_cache"):
             model.config.use_cache = False
-        self.learner = Learner.create(c, model, precision=precision, pad_token_id=self.tokenizer.pad_token_id)
+        self.learner = Learner.create(c, model, precision=precision, pad_token_id=self.tokenizer.pad_token_id,
+                                      needs_reference=c.advantage in ("gae", "reinforce_pp", "reinforce_pp_baseline"))
+        if "rewards" in loss_signature(self.learner.objective).tensors and c.samples_per_prompt % 2:
+            raise ConfigError(f"objective={c.objective} learns from pairs of replies to one prompt (rows 2k, 2k+1), so "
+                              f"samples_per_prompt must be even, not {c.samples_per_prompt}")
+        self.critic = Critic.create(c, policy_tokenizer=self.tokenizer, device=self.device, precision=precision) \
+            if c.advantage == "gae" else None
         self.config = replace(c, loss=self.learner.hyperparameters)  # config.yaml records every value used
         autocast = torch.bfloat16 if generation_precision == "bf16" else None
         special = {"eos_token_ids": {self.tokenizer.eos_token_id}, "pad_token_id": self.tokenizer.pad_token_id}
@@ -196,13 +243,15 @@ class Trainer:
         self.eval_generator = self.generator if autocast is None else make_generator(model, kind=c.generator,
                                                                                      **special)
         self.sampling_rng = torch.Generator(device=self.device).manual_seed(c.seed)
+        self.prepared: dict[str, Any] = {}  # what a step's advantage stage computed for its update
         self.stages = OnlineStages(
-            sample=functools.partial(sample, generator=self.generator, tokenizer=self.tokenizer,
-                                     n=c.samples_per_prompt, max_new_tokens=c.max_new_tokens,
-                                     temperature=c.temperature, rng=self.sampling_rng),
+            sample=self._sample,
             score=functools.partial(score, feedback=self.feedback, tokenizer=self.tokenizer),
-            advantages=functools.partial(group_advantages, estimator=ADVANTAGE_ESTIMATORS[c.advantage]),
-            train_on=lambda rollout, advantages: train_on(self.learner, rollout, advantages, step=self.step),
+            advantages={"gae": self._critic_advantages, "remax": self._remax_advantages,
+                        "reinforce_pp": self._reinforce_pp_advantages,
+                        "reinforce_pp_baseline": self._reinforce_pp_advantages}.get(c.advantage) or functools.partial(
+                group_advantages, estimator=ADVANTAGE_ESTIMATORS.get(c.advantage)),
+            train_on=self._train_on,
             publish=lambda version: self.generator.load_weights(self.learner.model.state_dict(), version),
         )
         self.step = 0
@@ -217,6 +266,67 @@ class Trainer:
     @property
     def model(self):
         return self.learner.model
+
+    # -- the stages beyond the plain group estimators ------------------------------------------------------
+
+    def _sample(self, rows: list[dict[str, Any]]):
+        """G samples per prompt; with advantage=remax also each prompt's greedy reply (scored for its baseline)."""
+        c = self.config
+        rollout = sample(rows, generator=self.generator, tokenizer=self.tokenizer, n=c.samples_per_prompt,
+                         max_new_tokens=c.max_new_tokens, temperature=c.temperature, rng=self.sampling_rng)
+        if c.advantage == "remax":
+            greedy = self.generator.generate(rollout.prompt_ids, n=1, max_new_tokens=c.max_new_tokens, greedy=True)
+            self.prepared["greedy"] = (rows, greedy)
+        return rollout
+
+    def _remax_advantages(self, scores: Scores, rollout) -> torch.Tensor:
+        """ReMax: each reward minus its prompt's greedy reward (a prompt whose greedy reply has no finite reward, and
+        a reply without one, get 0)."""
+        rows, greedy = self.prepared.pop("greedy")
+        baseline = score(rows, greedy, feedback=self.feedback, tokenizer=self.tokenizer)
+        usable = finite_mask(scores) & finite_mask(baseline).repeat_interleave(rollout.n)
+        advantages = remax(scores.values.float(), baseline.values.float(), rollout.n)
+        self.prepared["metrics"] = {"greedy_reward_mean": float(baseline.values[finite_mask(baseline)].mean())
+                                    if bool(finite_mask(baseline).any()) else math.nan}
+        return torch.where(usable, advantages, 0.0)
+
+    def _reinforce_pp_advantages(self, scores: Scores, rollout) -> torch.Tensor:
+        """REINFORCE++ (and its baseline variant): KL-shaped returns-to-go, normalised over the batch's tokens; rows
+        without a finite reward leave the statistics and get 0."""
+        finite = finite_mask(scores)
+        mask = rollout.completion_mask & finite[:, None]
+        old_logps = rollout_logps(self.learner, self.model, rollout)
+        ref_logps = rollout_logps(self.learner, self.learner.reference, rollout)
+        rewards = torch.where(finite, scores.values.float(), 0.0)
+        group = rollout.n if self.config.advantage == "reinforce_pp_baseline" else None
+        self.prepared["old_logps"] = old_logps
+        self.prepared["metrics"] = {"kl": float(masked_mean(old_logps - ref_logps, mask))}
+        return reinforce_pp(rewards, old_logps, ref_logps, mask, beta=self.config.reward_kl_coef, group_size=group)
+
+    def _critic_advantages(self, scores: Scores, rollout) -> torch.Tensor:
+        """advantage=gae: the critic's estimate, kept for this step's update (``_train_on``)."""
+        targets = self.critic.estimate(self.learner, scores, rollout, finite_mask(scores))
+        self.prepared.update(critic=targets, old_logps=targets.old_logps, metrics=targets.metrics)
+        return targets.advantages
+
+    def _train_on(self, rollout, scores: Scores, advantages: torch.Tensor) -> dict[str, float]:
+        """The policy's update (and the critic's, with advantage=gae), on the replies policy filtration keeps; the
+        rewards go to losses that declare them."""
+        prepared, self.prepared = self.prepared, {}
+        finite = finite_mask(scores)
+        metrics = dict(prepared.get("metrics", {}))
+        if self.config.filtration != "none":
+            rng = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)  # resumable
+            keep = policy_filtration(torch.where(finite, scores.values.float(), math.nan), rollout.n,
+                                     strategy=self.config.filtration, rng=rng)
+            rollout = replace(rollout, completion_mask=rollout.completion_mask & keep[:, None])
+            metrics["filtered_frac"] = float((~keep).float().mean())
+        rewards = torch.where(finite, scores.values.float(), 0.0)
+        metrics.update(train_on(self.learner, rollout, advantages, step=self.step, rewards=rewards,
+                                old_logps=prepared.get("old_logps")))
+        if self.critic is not None:
+            metrics.update(self.critic.update(rollout, prepared["critic"], step=self.step))
+        return metrics
 
     def evaluate(self) -> dict[str, Any] | None:
         if not self.eval_rows:
@@ -258,8 +368,12 @@ class Trainer:
         return runs.save_checkpoint(
             run.checkpoints / f"step-{self.step:06d}", model=self.model, tokenizer=self.tokenizer,
             optimizer=self.learner.optimizer, scheduler=self.learner.scheduler, sampling_rng=self.sampling_rng,
-            trainer_state=self.trainer_state(),
+            trainer_state=self.trainer_state(), extras=self._save_critic if self.critic else None,
         )
+
+    def _save_critic(self, directory: Path) -> None:
+        runs.save_trained_module(directory, "critic", module=self.critic.model, optimizer=self.critic.optimizer,
+                                 scheduler=self.critic.scheduler)
 
     def restore(self, checkpoint: Path) -> None:
         state = runs.load_checkpoint(checkpoint, model=self.model, optimizer=self.learner.optimizer,
@@ -271,6 +385,9 @@ class Trainer:
         self.evals = state["evals"]
         self.feedback_failures_in_row = state.get("feedback_failures_in_row", 0)
         self.feedback_errors = state.get("feedback_errors", {})
+        if self.critic is not None:
+            runs.load_trained_module(checkpoint, "critic", module=self.critic.model, optimizer=self.critic.optimizer,
+                                     scheduler=self.critic.scheduler)
 
 
 def run(config: Config) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def _json(path: Path) -> dict:
     ("lr=nan", "bad value for 'lr': must be a finite number"),
     ("lr=inf", "bad value for 'lr': must be a finite number"),
     ("threads=-3", "bad value for 'threads': must be >= 0"),
-    ("samples_per_prompt=0", "bad value for 'samples_per_prompt': must be >= 2"),
+    ("samples_per_prompt=0", "bad value for 'samples_per_prompt': must be >= 1"),
     ("samples_per_prompt=1", "samples_per_prompt=1 cannot learn"),
     ("max_new_tokens=-5", "bad value for 'max_new_tokens': must be >= 1"),
     ("max_new_tokens=0", "bad value for 'max_new_tokens': must be >= 1"),

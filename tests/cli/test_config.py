@@ -506,3 +506,18 @@ def test_help_and_saved_yaml_show_the_range():
     assert "A share. Range: >= 0 and < 1." in config_help(Ranged)
     text = config_to_yaml(Ranged())
     assert "# range: >= 0 and < 1\nfrac: 0.1" in text and "# range" not in text.split("scale:")[0].split("frac:")[1]
+
+
+def test_another_objective_drops_the_presets_loss_settings():
+    """The grpo preset's loss {clip_eps: 0.2, beta: 0} and aggregation token_mean belong to grpo: objective=gspo
+    starts from the field defaults (a dotted loss key then sets one key), objective=grpo keeps them, and settings
+    given alongside the new objective stay."""
+    from rlxf.recipes.online_rl import Config as OnlineConfig
+
+    preset = Path(__file__).resolve().parents[2] / "rlxf" / "presets" / "grpo.yaml"
+    same = build_config(OnlineConfig, preset, ["objective=grpo", "loss.clip_eps=0.1"])
+    assert (same.loss, same.aggregation) == ({"clip_eps": 0.1, "beta": 0.0}, "token_mean")
+    other = build_config(OnlineConfig, preset, ["objective=gspo", "loss.clip_eps=0.001"])
+    assert (other.loss, other.aggregation) == ({"clip_eps": 0.001}, None)
+    kept = build_config(OnlineConfig, preset, ["aggregation=token_mean", "objective=cispo"])
+    assert (kept.loss, kept.aggregation) == ({}, "token_mean")

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from pathlib import Path
@@ -28,24 +27,6 @@ from rlxf.recipes.comparisons import Comparisons, compare_groups, compare_to_opp
 from rlxf.recipes.online_preference import PROVIDERS, Config, run
 from rlxf.rollout import GeometricMixtureGenerator, TransformersGenerator
 from rlxf.runs import resume_config
-
-TEMPLATES = ["{d}", "Say {d}", "{d}!", "say {d}", "{d} ok", "Echo {d}", "{d}?", "Copy {d}"]
-
-
-def _write(path: Path, rows: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def copy_task(tmp_path_factory) -> tuple[Path, Path]:
-    """The copy task of the online-RL tests: a (template, digit) combination is held out when digit % 4 ==
-    template % 4, so held-out prompts combine a template and a digit both trained on, never together."""
-    tmp = tmp_path_factory.mktemp("copy_task")
-    train, held_out = [], []
-    for t, d in itertools.product(range(len(TEMPLATES)), range(10)):
-        (held_out if d % 4 == t % 4 else train).append({"prompt": TEMPLATES[t].format(d=d), "answer": d})
-    return _write(tmp / "train.jsonl", train), _write(tmp / "eval.jsonl", held_out)
 
 
 def _config(copy_task, out: Path, name: str, **overrides) -> Config:

@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_jsonl
 from safetensors.torch import load_file
 
 import rlxf.objectives
@@ -31,31 +31,11 @@ from rlxf.recipes import online_rl
 from rlxf.recipes.online_rl import Config, run
 from rlxf.runs import latest_checkpoint, resume_config
 
-# The copy task: each prompt names one digit, the reply must end with it (the arithmetic verifier reads the
-# last integer of the reply). A (template, digit) pair is held out when digit % 4 == template index % 4,
-# so every held-out prompt combines a template and a digit that were both trained on, never together.
-TEMPLATES = ["{d}", "Say {d}", "{d}!", "say {d}", "{d} ok", "Echo {d}", "{d}?", "Copy {d}"]
 ALWAYS = ("step", "reward_mean", "reward_std", "accuracy", "frac_zero_std_groups", "completion_len",
           "truncated_frac", "feedback_nonfinite", "feedback_timeouts", "feedback_errors", "skipped_nonfinite", "lr",
           "loss", "trained_groups",
           "seconds_generation", "seconds_feedback", "seconds_training", "seconds_step", "train_seconds")
 WHEN_TRAINED = ("entropy", "sampler_logp_diff", "grad_norm")
-
-
-def _write(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def copy_task(tmp_path_factory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("copy_task")
-    train, held_out = [], []
-    for t, d in itertools.product(range(len(TEMPLATES)), range(10)):
-        row = {"prompt": TEMPLATES[t].format(d=d), "answer": d}
-        (held_out if d % 4 == t % 4 else train).append(row)
-    assert (len(train), len(held_out)) == (60, 20)
-    return _write(tmp / "train.jsonl", train), _write(tmp / "eval.jsonl", held_out)
 
 
 def _config(copy_task, out: Path, name: str, **overrides) -> Config:
@@ -371,14 +351,14 @@ def test_nonfinite_loss_in_a_later_micro_batch_leaves_no_gradient_behind(copy_ta
 
 
 def test_malformed_prompt_file_fails_before_a_run_directory_exists(tmp_path):
-    bad = _write(tmp_path / "bad.jsonl", [{"prompt": "Say 1", "answer": 1}, {"answer": 2}, "not json"])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Say 1", "answer": 1}, {"answer": 2}, "not json"])
     out = tmp_path / "runs"
     with pytest.raises(DataError) as err:
         run(Config(model="tiny", prompts=str(bad), output_dir=str(out), run_name="bad", progress=False))
     assert f"{bad}:2: missing 'prompt'" in str(err.value) and f"{bad}:3: bad JSON" in str(err.value)
     assert not out.exists()
     with pytest.raises(DataError, match=f"{bad}:2"):
-        good = _write(tmp_path / "ok.jsonl", ['{"prompt": "Say 1", "answer": 1}'])
+        good = write_jsonl(tmp_path / "ok.jsonl", ['{"prompt": "Say 1", "answer": 1}'])
         run(Config(model="tiny", prompts=str(good), eval_prompts=str(bad), prompts_per_step=1, output_dir=str(out),
                    progress=False))
     assert not out.exists()

@@ -1,0 +1,108 @@
+"""Actor-critic PPO (``rlxf train ppo``: the online RL recipe with advantage=gae and a critic) on the tiny model.
+
+* Learning: the tiny llama learns the copy task with a reward worth (1 + digit) / 10 when right, from below 30% to
+  above 90% held-out accuracy, and its critic, which starts at V = 0 (explained variance exactly 0), explains more
+  than half the variance of the returns (mean over the last 50 steps): the prompt tells how much a right answer is
+  worth, and the state after the digit whether it is right.
+* Resume: stopped at step 3 and resumed to 6, the run logs the same numbers and ends with the same policy and critic.
+* Critic settings are refused for a run without a critic.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlxf.config import ConfigError
+from rlxf.feedback import FEEDBACK, Scores, make_feedback
+from rlxf.recipes.online_rl import Config, run
+from rlxf.runs import resume_config
+
+
+class _DigitValuedCopy:
+    """The arithmetic verifier's verdict, worth (1 + answer) / 10 when right and 0 when wrong."""
+
+    def __init__(self):
+        self.verifier = make_feedback("arithmetic")
+
+    def __call__(self, prompts, completions, **context):
+        right = [float(v) == 1.0 for v in self.verifier(prompts, completions, **context).values]
+        values = [(1 + int(a)) / 10 if ok else 0.0 for ok, a in zip(right, context["answer"], strict=True)]
+        return Scores(torch.tensor(values), {"correct": right})
+
+
+class _VariedRewards:
+    def __call__(self, prompts, completions, **context):
+        return Scores(torch.tensor([(len(c) % 3) / 2 for c in completions]), {})
+
+
+@pytest.fixture(autouse=True)
+def _test_feedback():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(FEEDBACK, "test-ppo-digit-valued-copy", (_DigitValuedCopy, "copy task worth (1+d)/10"))
+        patch.setitem(FEEDBACK, "test-ppo-varied", (_VariedRewards, "a reward that differs between replies"))
+        yield
+
+
+def _config(copy_task, out: Path, name: str, **overrides) -> Config:
+    train, held_out = copy_task
+    base = dict(
+        model="tiny", prompts=str(train), eval_prompts=str(held_out), feedback="test-ppo-digit-valued-copy",
+        max_new_tokens=2, eval_max_new_tokens=2, temperature=1.0, precision="fp32", threads=1,
+        objective="ppo_clip", loss={"clip_eps": 0.2}, aggregation="token_mean", advantage="gae",
+        critic="policy_copy", critic_lr=3e-3, reward_kl_coef=0.05, ppo_epochs=2, mini_batch_groups=4,
+        prompts_per_step=8, samples_per_prompt=32, lr=1e-3, max_steps=4, eval_every=0, save_every=0, ref_kl_every=0,
+        time_budget_s=0.0, output_dir=str(out), run_name=name, progress=False, seed=1,
+    )
+    return Config(**{**base, **overrides})
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# Measured on this task with seed 1: held-out accuracy 0.5 at step 50, 1.0 from step 125; explained variance
+# 0.92 on average over the last 50 steps (0.87 with seed 2, whose policy reaches 0.8 by step 150).
+def test_ppo_learns_the_copy_task_and_its_critic_explains_the_returns(copy_task, tmp_path):
+    summary = run(_config(copy_task, tmp_path, "ppo", max_steps=150, eval_every=50))
+    before, after = summary["accuracy_before"], summary["accuracy_after"]
+    assert before["accuracy"] < 0.3 and after["accuracy"] > 0.9, summary["evals"]
+    records = _metrics(tmp_path / "ppo")
+    assert records[0]["explained_variance"] == 0.0  # V = 0 before the first update
+    explained = statistics.mean(r["explained_variance"] for r in records[-50:])
+    assert explained > 0.5, explained
+    for key in ("value_loss", "value_clip_frac", "value_grad_norm", "kl", "return_mean", "value_before_mean",
+                "clip_frac", "clip_frac/epoch2"):
+        assert key in records[-1], key
+    assert summary["status"] == "complete"
+
+
+def test_resumed_ppo_run_equals_the_uninterrupted_run(copy_task, tmp_path):
+    """The critic, its optimizer and scheduler are part of each checkpoint: 6 steps straight equal 3 + 3."""
+    common = dict(feedback="test-ppo-varied", prompts_per_step=4, samples_per_prompt=4, mini_batch_groups=2,
+                  max_steps=6, save_every=3, warmup_steps=4)
+    run(_config(copy_task, tmp_path, "straight", **common))
+    run(_config(copy_task, tmp_path, "split", **{**common, "max_steps": 3}))
+    run(resume_config(Config, tmp_path / "split", max_steps=6))
+    a, b = _metrics(tmp_path / "straight"), _metrics(tmp_path / "split")
+    timeless = [{k: v for k, v in r.items() if not k.startswith("seconds") and k != "train_seconds"} for r in a]
+    assert timeless == [{k: v for k, v in r.items() if not k.startswith("seconds") and k != "train_seconds"}
+                        for r in b]
+    assert all(r["value_loss"] > 0 for r in a)
+    for name in ("model/model.safetensors", "critic.safetensors"):
+        x = load_file(str(tmp_path / "straight" / "checkpoints" / "step-000006" / name))
+        y = load_file(str(tmp_path / "split" / "checkpoints" / "step-000006" / name))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+
+
+def test_critic_settings_need_a_critic(copy_task, tmp_path):
+    with pytest.raises(ConfigError, match="critic_lr, lam are read only with advantage=gae"):
+        _config(copy_task, tmp_path, "x", advantage="group_zscore", objective="grpo", critic_lr=1e-4, lam=0.9)
+    with pytest.raises(ConfigError, match="samples_per_prompt=1 cannot learn"):
+        _config(copy_task, tmp_path, "y", advantage="group_zscore", objective="grpo", critic_lr=1e-5,
+                reward_kl_coef=0.05, samples_per_prompt=1)
+    assert _config(copy_task, tmp_path, "z", samples_per_prompt=1).samples_per_prompt == 1  # a critic needs no group
