@@ -24,7 +24,7 @@ from rlxf.models.precision import autocast_context
 from rlxf.models.value import ValueModel, load_value_model
 from rlxf.objectives.value import clipped_value_loss
 from rlxf.ops import aggregate, aggregate_denominator, gae, kl_shaped_rewards, masked_mean, masked_whiten
-from rlxf.recipes.learner import Learner, group_rows, micro_batches, rollout_logps, update_schedule
+from rlxf.recipes.learner import Learner, group_rows, kl_reward_inputs, micro_batches, update_schedule
 from rlxf.runs import build_optimizer, clip_gradients
 from rlxf.runs.options import OptimizerOptions
 from rlxf.types import Rollout, Scores
@@ -89,24 +89,22 @@ class Critic:
                                      rollout.completion_ids[rows].to(device), rollout.n).cpu()
         return out
 
-    def estimate(self, learner: Learner, scores: Scores, rollout: Rollout, finite: Tensor) -> CriticTargets:
+    def estimate(self, learner: Learner, scores: Scores, rollout: Rollout) -> CriticTargets:
         """The step's KL-shaped token rewards, values, GAE advantages (whitened when ``whiten_advantages``) and
-        returns. Rows whose reward is not finite (``finite`` False) get advantage 0 and no value target."""
+        returns. Rows whose reward is not finite get advantage 0 and no value target."""
         c = self.config
-        mask = rollout.completion_mask & finite[:, None]
-        old_logps = rollout_logps(learner, learner.model, rollout)
-        ref_logps = rollout_logps(learner, learner.reference, rollout)
+        step = kl_reward_inputs(learner, scores, rollout)
+        mask = step.mask
         old_values = self.values(rollout)
-        rewards = torch.where(finite, scores.values.float(), 0.0)
-        token_rewards = kl_shaped_rewards(rewards, old_logps, ref_logps, mask, beta=c.reward_kl_coef)
+        token_rewards = kl_shaped_rewards(step.rewards, step.old_logps, step.ref_logps, mask, beta=c.reward_kl_coef)
         advantages, returns = gae(token_rewards, old_values, mask, gamma=c.gamma, lam=c.lam)
         if c.whiten_advantages:
             advantages = torch.where(mask, masked_whiten(advantages, mask), 0.0)
-        metrics = {"kl": float(masked_mean(old_logps - ref_logps, mask)),  # k1 estimate, the reward's own
+        metrics = {"kl": step.kl,  # k1 estimate, the reward's own
                    "value_before_mean": float(masked_mean(old_values, mask)),
                    "return_mean": float(masked_mean(returns, mask)),
                    "explained_variance": explained_variance(old_values, returns, mask)}
-        return CriticTargets(advantages, returns, old_values, old_logps, mask, metrics)
+        return CriticTargets(advantages, returns, old_values, step.old_logps, mask, metrics)
 
     def update(self, rollout: Rollout, targets: CriticTargets, *, step: int) -> dict[str, float]:
         """``ppo_epochs`` passes of clipped value-loss updates on ``rollout``'s tokens, in the policy's mini-batches

@@ -25,15 +25,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlxf.feedback import finite_mask
 from rlxf.models import load_policy
 from rlxf.models.forward import completion_logprobs
 from rlxf.models.precision import autocast_context
 from rlxf.objectives.signature import call_loss, loss_signature, objective_of_kind, resolve_hyperparameters
 from rlxf.ops import aggregate, aggregate_denominator, kl_k3, masked_mean
 from rlxf.runs import build_optimizer, clip_gradients
-from rlxf.types import Rollout
+from rlxf.types import Rollout, Scores
 
-__all__ = ["Learner", "group_rows", "micro_batches", "mini_batches", "rollout_logps", "train_on"]
+__all__ = ["KLRewardInputs", "Learner", "group_rows", "kl_reward_inputs", "micro_batches", "mini_batches",
+           "rollout_logps", "train_on"]
 
 
 @dataclass
@@ -254,3 +256,27 @@ def rollout_logps(learner: Learner, model, rollout: Rollout, *, groups: list[int
                                  rollout.completion_ids[rows].to(device), n)
         out[rows] = logps.float().cpu()
     return out
+
+
+@dataclass
+class KLRewardInputs:
+    """What a KL-shaped reward (PPO's critic, REINFORCE++) needs from a step, ``(N, T)`` on the CPU except
+    ``rewards`` ``(N,)``: the tokens that count (rows with a finite reward only), the rewards (0 where not finite),
+    the log-probs under the policy before the update and under the reference, and their k1 KL per token (mean)."""
+
+    mask: Tensor
+    rewards: Tensor
+    old_logps: Tensor
+    ref_logps: Tensor
+    kl: float
+
+
+def kl_reward_inputs(learner: Learner, scores: Scores, rollout: Rollout) -> KLRewardInputs:
+    """The policy's and the reference's log-probs of the rollout (no gradient) and the rewards, with rows whose reward
+    is not finite masked out (they get no advantage and no value target)."""
+    finite = finite_mask(scores)
+    mask = rollout.completion_mask & finite[:, None]
+    old_logps = rollout_logps(learner, learner.model, rollout)
+    ref_logps = rollout_logps(learner, learner.reference, rollout)
+    return KLRewardInputs(mask, torch.where(finite, scores.values.float(), 0.0), old_logps, ref_logps,
+                          float(masked_mean(old_logps - ref_logps, mask)))

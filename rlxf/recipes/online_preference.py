@@ -400,10 +400,13 @@ class Trainer:
         path = runs.save_checkpoint(
             run.checkpoints / f"step-{self.step:06d}", model=self.model, tokenizer=self.tokenizer,
             optimizer=self.optimizer, scheduler=self.scheduler, sampling_rng=self.sampling_rng,
-            trainer_state=self.trainer_state())
-        if self.previous is not None and self.config.round_steps:  # else pi_t is the initial policy, rebuilt on load
-            save_model(self.previous, str(path / "previous.safetensors"))  # handles the tied embedding
+            trainer_state=self.trainer_state(),
+            # pi_t is written inside the atomic checkpoint; without rounds it is the initial policy, rebuilt on load
+            extras=self._save_previous if self.previous is not None and self.config.round_steps else None)
         return path
+
+    def _save_previous(self, directory: Path) -> None:
+        save_model(self.previous, str(directory / "previous.safetensors"))  # handles the tied embedding
 
     def restore(self, checkpoint: Path) -> None:
         state = runs.load_checkpoint(checkpoint, model=self.model, optimizer=self.optimizer,

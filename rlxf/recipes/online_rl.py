@@ -55,9 +55,9 @@ from rlxf.models import load_policy, save_policy
 from rlxf.models.layout import use_kn_layout
 from rlxf.models.precision import resolve_precision
 from rlxf.objectives.signature import loss_signature
-from rlxf.ops import ADVANTAGE_ESTIMATORS, masked_mean, policy_filtration, reinforce_pp, remax
+from rlxf.ops import ADVANTAGE_ESTIMATORS, policy_filtration, reinforce_pp, remax
 from rlxf.recipes.critic import Critic
-from rlxf.recipes.learner import Learner, rollout_logps, train_on
+from rlxf.recipes.learner import Learner, kl_reward_inputs, train_on
 from rlxf.recipes.prompt_rows import check_prompt_lengths, load_rows
 from rlxf.recipes.stages import group_advantages, sample, score
 from rlxf.rollout import make_generator
@@ -178,7 +178,8 @@ class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
                               + (f"; did you mean {close[0]!r}?" if close else "")
                               + f" (one of {', '.join(sorted(estimators))})")
         defaults = {f.name: f.default for f in fields(self)}
-        unread = [name for name in ESTIMATOR_FIELDS["gae"] if name not in ESTIMATOR_FIELDS.get(self.advantage, ())
+        specific = dict.fromkeys(name for names in ESTIMATOR_FIELDS.values() for name in names)  # ordered, unique
+        unread = [name for name in specific if name not in ESTIMATOR_FIELDS.get(self.advantage, ())
                   and getattr(self, name) != defaults[name]]
         if unread:
             readers = sorted(a for a, names in ESTIMATOR_FIELDS.items() if unread[0] in names)
@@ -293,19 +294,15 @@ class Trainer:
     def _reinforce_pp_advantages(self, scores: Scores, rollout) -> torch.Tensor:
         """REINFORCE++ (and its baseline variant): KL-shaped returns-to-go, normalised over the batch's tokens; rows
         without a finite reward leave the statistics and get 0."""
-        finite = finite_mask(scores)
-        mask = rollout.completion_mask & finite[:, None]
-        old_logps = rollout_logps(self.learner, self.model, rollout)
-        ref_logps = rollout_logps(self.learner, self.learner.reference, rollout)
-        rewards = torch.where(finite, scores.values.float(), 0.0)
+        step = kl_reward_inputs(self.learner, scores, rollout)
         group = rollout.n if self.config.advantage == "reinforce_pp_baseline" else None
-        self.prepared["old_logps"] = old_logps
-        self.prepared["metrics"] = {"kl": float(masked_mean(old_logps - ref_logps, mask))}
-        return reinforce_pp(rewards, old_logps, ref_logps, mask, beta=self.config.reward_kl_coef, group_size=group)
+        self.prepared.update(old_logps=step.old_logps, metrics={"kl": step.kl})
+        return reinforce_pp(step.rewards, step.old_logps, step.ref_logps, step.mask, beta=self.config.reward_kl_coef,
+                            group_size=group)
 
     def _critic_advantages(self, scores: Scores, rollout) -> torch.Tensor:
         """advantage=gae: the critic's estimate, kept for this step's update (``_train_on``)."""
-        targets = self.critic.estimate(self.learner, scores, rollout, finite_mask(scores))
+        targets = self.critic.estimate(self.learner, scores, rollout)
         self.prepared.update(critic=targets, old_logps=targets.old_logps, metrics=targets.metrics)
         return targets.advantages
 

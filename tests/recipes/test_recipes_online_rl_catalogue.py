@@ -28,11 +28,21 @@ class _Recording:
         return Scores(values, {})
 
 
+class _OddRowsNaN(_Recording):
+    """The recorded reward, NaN on odd rows."""
+
+    def __call__(self, prompts, completions, **context):
+        values = super().__call__(prompts, completions, **context).values.clone()
+        values[1::2] = float("nan")
+        return Scores(values, {})
+
+
 @pytest.fixture(autouse=True)
 def _feedback():
     _Recording.calls = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(FEEDBACK, "test-catalogue-recording", (_Recording, "recorded varied rewards"))
+        patch.setitem(FEEDBACK, "test-catalogue-odd-nan", (_OddRowsNaN, "NaN on odd rows"))
         yield
 
 
@@ -86,6 +96,19 @@ def test_reinforce_pp_gives_token_advantages_normalised_over_the_batch(copy_task
     assert float(masked_mean(advantages, mask)) == pytest.approx(0.0, abs=1e-5)
     assert float(masked_mean(advantages.square(), mask)) == pytest.approx(1.0, abs=1e-3)
     assert "kl" in records[0]
+
+
+@pytest.mark.parametrize("advantage", ["gae", "reinforce_pp"])
+def test_token_estimators_give_rows_without_a_finite_reward_no_advantage(copy_task, tmp_path, seen, advantage):
+    """Rows whose reward is NaN (odd rows) get advantage 0 at every token and leave the batch statistics; the others
+    keep nonzero advantages."""
+    records = _run(copy_task, tmp_path, advantage, advantage=advantage, objective="ppo_clip",
+                   feedback="test-catalogue-odd-nan", skip_zero_advantage=False)
+    advantages, mask = seen[0]["advantages"], seen[0]["mask"]
+    assert bool((advantages[1::2] == 0).all())
+    assert bool((advantages[0::2][mask[0::2]] != 0).any())
+    assert float(masked_mean(advantages[0::2], mask[0::2])) == pytest.approx(0.0, abs=1e-5)  # whitened over them
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in records[0].items() if isinstance(v, float))
 
 
 @pytest.mark.parametrize(("strategy", "kept"), [("best", 1), ("best_worst", 2), ("best_random", 2)])

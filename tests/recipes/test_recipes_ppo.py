@@ -106,3 +106,43 @@ def test_critic_settings_need_a_critic(copy_task, tmp_path):
         _config(copy_task, tmp_path, "y", advantage="group_zscore", objective="grpo", critic_lr=1e-5,
                 reward_kl_coef=0.05, samples_per_prompt=1)
     assert _config(copy_task, tmp_path, "z", samples_per_prompt=1).samples_per_prompt == 1  # a critic needs no group
+
+
+def test_every_critic_setting_reaches_what_uses_it(copy_task, tmp_path, monkeypatch):
+    """critic_lr is the critic's learning rate, gamma/lam go to GAE, reward_kl_coef to the KL-shaped reward,
+    value_clip to the value loss, and whiten_advantages=false leaves GAE's advantages as they are."""
+    from rlxf.recipes import critic as critic_module
+
+    seen: dict[str, object] = {}
+
+    def spy(name, fn, keys):
+        def wrapped(*args, **kwargs):
+            seen[name] = {k: kwargs[k] for k in keys}
+            out = fn(*args, **kwargs)
+            seen[name + "_out"] = out
+            return out
+        monkeypatch.setattr(critic_module, name, wrapped)
+
+    spy("gae", critic_module.gae, ("gamma", "lam"))
+    spy("kl_shaped_rewards", critic_module.kl_shaped_rewards, ("beta",))
+    spy("clipped_value_loss", critic_module.clipped_value_loss, ("clip_range",))
+    monkeypatch.setattr(critic_module, "masked_whiten", lambda *a, **k: pytest.fail("whitened"))
+    captured: list = []
+    real_estimate = critic_module.Critic.estimate
+    monkeypatch.setattr(critic_module.Critic, "estimate",
+                        lambda self, *a: captured.append(real_estimate(self, *a)) or captured[-1])
+    run(_config(copy_task, tmp_path, "settings", feedback="test-ppo-varied", prompts_per_step=2, samples_per_prompt=2,
+                max_steps=1, eval_prompts=None, critic_lr=7e-4, gamma=0.9, lam=0.8, reward_kl_coef=0.3,
+                value_clip=0.5, whiten_advantages=False))
+    assert seen["gae"] == {"gamma": 0.9, "lam": 0.8} and seen["kl_shaped_rewards"] == {"beta": 0.3}
+    assert seen["clipped_value_loss"] == {"clip_range": 0.5}
+    torch.testing.assert_close(captured[0].advantages, seen["gae_out"][0], rtol=0, atol=0)
+    assert json.loads((tmp_path / "settings" / "summary.json").read_text())["status"] == "complete"
+
+
+def test_the_critics_learning_rate_is_critic_lr(copy_task, tmp_path):
+    from rlxf.recipes.online_rl import Trainer
+
+    trainer = Trainer(_config(copy_task, tmp_path, "lr", critic_lr=7e-4, lr=2e-3, eval_prompts=None))
+    assert trainer.critic.optimizer.param_groups[0]["lr"] == 7e-4
+    assert trainer.learner.optimizer.param_groups[0]["lr"] == 2e-3

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TEMPLATES, write_jsonl
 from safetensors.torch import load_file
 
 from rlxf.cli import main
@@ -24,13 +25,7 @@ from rlxf.recipes.sft import Config, Trainer, run
 from rlxf.runs import resume_config
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-TEMPLATES = ["{d}", "Say {d}", "{d}!", "say {d}", "{d} ok", "Echo {d}", "{d}?", "Copy {d}"]
 TIMING = ("seconds_step", "train_seconds", "tokens_per_s")
-
-
-def _write(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +40,7 @@ def words(tmp_path_factory) -> tuple[Path, Path]:
     # one conversation with two assistant turns, so the multi-turn path trains too
     train.append({"messages": [{"role": "user", "content": "Say 3"}, {"role": "assistant", "content": "three"},
                                {"role": "user", "content": "Say 8"}, {"role": "assistant", "content": "eight"}]})
-    return _write(tmp / "train.jsonl", train), _write(tmp / "eval.jsonl", held_out)
+    return write_jsonl(tmp / "train.jsonl", train), write_jsonl(tmp / "eval.jsonl", held_out)
 
 
 def config(words, tmp_path: Path, name: str = "run", **kw) -> Config:
@@ -218,7 +213,7 @@ def test_time_budget_stops_the_run(words, tmp_path):
 
 
 def test_bad_rows_are_reported_before_a_run_directory_exists(tmp_path):
-    bad = _write(tmp_path / "bad.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "a"},
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "a"},
                                           {"messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(DataError) as err:
         run(config((bad, bad), tmp_path))
