@@ -68,7 +68,7 @@ KINDS = (*PAIR_KINDS, "self_play")
 
 
 @dataclass
-class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
+class Config(runs.HealthOptions, runs.ResumableRunOptions, runs.OptimizerOptions):
     """Online preference learning (``rlxf train online-dpo``, ``iterative-dpo``, ``dno``, ``xpo``, ``sppo``, ...)."""
 
     # what to train
@@ -453,7 +453,7 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
         print(f"held-out accuracy before training: {format_accuracy(trainer.evals[-1])}")
     with runs.StepLoop(trainer, max_steps=c.max_steps, time_budget_s=c.time_budget_s,
                        max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective,
-                       run_dir=run_dir) as loop:
+                       run_dir=run_dir, health=c.health_monitor()) as loop:
         while loop.running():
             t0 = time.perf_counter()
             rows = rows_for_step(trainer.train_rows, trainer.step, c.prompts_per_step, c.seed)
@@ -477,7 +477,7 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
     if loop.stopping:
         reason = runs.nonfinite_reason(c.max_nonfinite_steps) if loop.stop_reason == "nonfinite" else loop.stop_reason
         runs.mark_stopped(run_dir, step=trainer.step, reason=reason, command=c.objective)
-        return _summary(trainer, "stopped", reason, loop.step_seconds)
+        return _summary(trainer, "stopped", reason, loop.step_seconds, loop.health.counts)
     runs.save_run_checkpoint(trainer, run_dir, keep=c.keep_checkpoints)
     if c.lora_r:
         save_policy_or_merged(trainer.model, trainer.tokenizer, run_dir.final)
@@ -487,7 +487,7 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
         trainer.evaluate()
     if c.plots:
         plot_run(run_dir.read_metrics(), trainer.evals, run_dir.plots)
-    summary = _summary(trainer, "complete", loop.stop_reason, loop.step_seconds)
+    summary = _summary(trainer, "complete", loop.stop_reason, loop.step_seconds, loop.health.counts)
     run_dir.set_status("complete", step=trainer.step, reason=loop.stop_reason)
     print(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s "
           f"(median {summary['median_step_seconds']:.2f} s/step; stopped by {summary['stop_reason']})")
@@ -498,10 +498,11 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
     return summary
 
 
-def _summary(trainer: Trainer, status: str, stop_reason: str, step_seconds: list[float]) -> dict[str, Any]:
+def _summary(trainer: Trainer, status: str, stop_reason: str, step_seconds: list[float],
+             alarm_steps: dict[str, int]) -> dict[str, Any]:
     evals = trainer.evals
     return {"status": status, "stop_reason": stop_reason, "steps": trainer.step, "train_seconds": trainer.train_clock,
             "median_step_seconds": statistics.median(step_seconds) if step_seconds else math.nan,
             "nonfinite_steps": trainer.nonfinite_total, "precision": trainer.precision,
             "accuracy_before": evals[0] if evals else None, "accuracy_after": evals[-1] if evals else None,
-            "evals": evals}
+            "alarm_steps": alarm_steps, "evals": evals}

@@ -65,7 +65,7 @@ from rlxf.types import Scores
 
 
 @dataclass
-class Config(runs.ResumableRunOptions, runs.OptimizerOptions):
+class Config(runs.HealthOptions, runs.ResumableRunOptions, runs.OptimizerOptions):
     """Online RL with a verifier, reward model or judge (``rlxf train grpo`` / ``rlxf train rloo``)."""
 
     # what to train
@@ -403,7 +403,7 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
         print(f"held-out accuracy before training: {format_accuracy(trainer.evals[-1])}  ({before['seconds']:.1f} s)")
     with runs.StepLoop(trainer, max_steps=c.max_steps, time_budget_s=c.time_budget_s,
                        max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress, label=c.objective,
-                       run_dir=run_dir) as loop:
+                       run_dir=run_dir, health=c.health_monitor()) as loop:
         while loop.running():
             t0 = time.perf_counter()
             rows = rows_for_step(trainer.train_rows, trainer.step, c.prompts_per_step, c.seed)
@@ -443,7 +443,7 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
                   f"group's rewards equal)")
     if loop.stopping:
         reason = runs.nonfinite_reason(c.max_nonfinite_steps) if loop.stop_reason == "nonfinite" else loop.stop_reason
-        summary = _summary(trainer, "stopped", reason, loop.step_seconds)
+        summary = _summary(trainer, "stopped", reason, loop.step_seconds, loop.health.counts)
         _print_feedback_errors(trainer)
         runs.mark_stopped(run_dir, step=trainer.step, reason=reason, command="grpo")
         return summary
@@ -454,7 +454,7 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
         trainer.evaluate()
     if c.plots:
         plot_run(run_dir.read_metrics(), trainer.evals, run_dir.plots)
-    summary = _summary(trainer, "complete", loop.stop_reason, loop.step_seconds)
+    summary = _summary(trainer, "complete", loop.stop_reason, loop.step_seconds, loop.health.counts)
     run_dir.set_status("complete", step=trainer.step, reason=loop.stop_reason)
     _print_summary(summary, run_dir)
     _print_feedback_errors(trainer)
@@ -486,7 +486,8 @@ def _step_record(trainer: Trainer, result: StepResult, nonfinite: bool) -> dict[
     }
 
 
-def _summary(trainer: Trainer, status: str, stop_reason: str, step_seconds: list[float]) -> dict[str, Any]:
+def _summary(trainer: Trainer, status: str, stop_reason: str, step_seconds: list[float],
+             alarm_steps: dict[str, int]) -> dict[str, Any]:
     evals = trainer.evals
     first_50 = next((e for e in evals if e["accuracy"] > 0.5), None)
     return {
@@ -499,6 +500,7 @@ def _summary(trainer: Trainer, status: str, stop_reason: str, step_seconds: list
         "precision": trainer.precisions,
         "generator": type(trainer.generator).__name__,
         "feedback_errors": trainer.feedback_errors,
+        "alarm_steps": alarm_steps,
         "accuracy_before": evals[0] if evals else None,
         "accuracy_after": evals[-1] if evals else None,
         "first_above_50": {"step": first_50["step"], "train_seconds": first_50["train_seconds"]}
@@ -535,6 +537,8 @@ def feedback_problems(scores: Scores) -> list[tuple[str, str]]:
 def _print_summary(s: dict[str, Any], run_dir: runs.RunDir) -> None:
     print(f"trained {s['steps']} steps in {s['train_seconds']:.0f} s (median {s['median_step_seconds']:.2f} s/step; "
           f"stopped by {s['stop_reason']})")
+    if any(s["alarm_steps"].values()):
+        print("training-health alarms (steps on): " + ", ".join(f"{k} {v}" for k, v in s["alarm_steps"].items() if v))
     if s["accuracy_before"]:
         print(f"held-out accuracy before: {format_accuracy(s['accuracy_before'])}")
         print(f"held-out accuracy after:  {format_accuracy(s['accuracy_after'])}")

@@ -12,6 +12,7 @@ from rlxf.runs.checkpoint import (
     save_trained_module,
 )
 from rlxf.runs.options import (
+    HealthOptions,
     OptimizerOptions,
     ResumableRunOptions,
     RunOptions,
@@ -42,7 +43,8 @@ from rlxf.runs.run_dir import (
 from rlxf.runs.steps import StepLoop
 
 __all__ = [
-    "CheckpointError", "OptimizerOptions", "ResumableRunOptions", "RunDir", "RunOptions", "StepLoop", "Terminated",
+    "CheckpointError", "HealthOptions", "OptimizerOptions", "ResumableRunOptions", "RunDir", "RunOptions", "StepLoop",
+    "Terminated",
     "build_optimizer", "check_new_run_dir", "check_run_name", "clip_gradients", "complete_checkpoints",
     "first_nonfinite_parameter", "latest_checkpoint", "load_checkpoint", "load_trained_module", "mark_stopped",
     "nonfinite_reason", "open_run_dir", "progress_bar", "prune_checkpoints", "read_run_config", "resolve_device",

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from rlxf.config import ConfigError, check_config, option
+from rlxf.runs.health import HealthMonitor, HealthThresholds
 from rlxf.runs.trackers import TRACKERS
 
-__all__ = ["OptimizerOptions", "ResumableRunOptions", "RunOptions", "build_optimizer", "check_run_name",
-           "clip_gradients", "resolve_device", "set_threads"]
+__all__ = ["HealthOptions", "OptimizerOptions", "ResumableRunOptions", "RunOptions", "build_optimizer",
+           "check_run_name", "clip_gradients", "resolve_device", "set_threads"]
 
 
 @dataclass
@@ -57,6 +58,31 @@ class ResumableRunOptions(RunOptions):
         2, "Keep the newest N checkpoints, deleting older ones as new ones are written (0 = keep all).", ge=0)
     max_nonfinite_steps: int = option(
         3, "Stop (with a checkpoint) after this many non-finite steps in a row.", ge=1)
+
+
+@dataclass
+class HealthOptions:
+    """Training-health alarms (:mod:`rlxf.runs.health`) for the online loops: logged, shown, never stopping a run."""
+
+    alarms: dict[str, Any] = option(
+        {}, "Training-health alarm settings, alarms.<key>=value (null turns one off): window (10 steps), heldout_key "
+            "(heldout_accuracy), heldout_drop (0.05: overoptimization = reward rising while the held-out metric "
+            "fell this far below its best), length_factor (2.0) and truncated_frac (0.5) (length_explosion), "
+            "entropy_factor (0.2: entropy_collapse below this times its start), zero_std_frac (0.8: "
+            "zero_std_groups). The alarms on are logged each step (`alarms`), shown in the progress line and "
+            "counted in summary.json.")
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)  # cooperative: listed first among a config's bases
+        if parent is not None:
+            parent()
+        try:
+            HealthThresholds.from_overrides(self.alarms)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad value for 'alarms': {exc}") from None
+
+    def health_monitor(self) -> HealthMonitor:
+        return HealthMonitor(HealthThresholds.from_overrides(self.alarms))
 
 
 @dataclass

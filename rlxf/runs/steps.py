@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlxf.runs.health import HealthMonitor
 from rlxf.runs.run_dir import progress_bar, save_run_checkpoint
 
 __all__ = ["StepLoop"]
@@ -30,7 +31,7 @@ class StepLoop:
     """Counts the steps of ``trainer``'s loop against its budget; ``stop_reason`` says why it ended."""
 
     def __init__(self, trainer: Any, *, max_steps: int, time_budget_s: float, max_nonfinite_steps: int,
-                 progress: bool, label: str, run_dir: Any):
+                 progress: bool, label: str, run_dir: Any, health: HealthMonitor | None = None):
         self.trainer = trainer
         self.max_steps = max_steps
         self.budget = time_budget_s if time_budget_s > 0 else None
@@ -41,6 +42,8 @@ class StepLoop:
         self.step_seconds: list[float] = []
         self._bar_context = progress_bar(progress)
         self._label = label
+        # Training-health alarms: rebuilt from the records already logged, so a resumed run raises the same ones.
+        self.health = health.replay(run_dir.read_metrics()) if health is not None else None
 
     def __enter__(self) -> StepLoop:
         self.bar = self._bar_context.__enter__()
@@ -86,7 +89,12 @@ class StepLoop:
         """The end of a step: log ``record`` to the run's metrics, checkpoint when due (every ``save_every`` steps,
         and when stopping), then :meth:`show` ``text``. The checkpoint comes after the step's clock, evaluation
         and log line, so a resume counts all three, and a crash between log and checkpoint repeats a step rather
-        than losing one."""
+        than losing one. With a health monitor, ``record["alarms"]`` lists the alarms on after this step and the
+        progress line names them."""
+        if self.health is not None:
+            record["alarms"] = list(self.health.update(record))
+            if record["alarms"]:
+                text = f"{text} ALARM {','.join(record['alarms'])}"
         self.run_dir.log(record)
         if (save_every and self.trainer.step % save_every == 0) or self.stopping:
             save_run_checkpoint(self.trainer, self.run_dir, keep=keep_checkpoints)

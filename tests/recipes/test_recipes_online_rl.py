@@ -173,7 +173,7 @@ def test_resumed_run_equals_uninterrupted_run(copy_task, tmp_path):
     moments matter); a reference model for the KL metric and two micro-batches per step are on, so their
     state is covered too."""
     common = dict(save_every=3, max_steps=6, ref_kl_every=2, micro_batch_groups=2, lr=3e-3,
-                  feedback="test-online-rl-varied-rewards")
+                  feedback="test-online-rl-varied-rewards", alarms={"window": 2, "length_factor": 0.0})
     straight = run(_config(copy_task, tmp_path, "straight", **common))
     first = run(_config(copy_task, tmp_path, "split", **{**common, "max_steps": 3}))
     assert first["steps"] == 3
@@ -192,6 +192,9 @@ def test_resumed_run_equals_uninterrupted_run(copy_task, tmp_path):
                            _weights(tmp_path / "split" / "final")["model.embed_tokens.weight"])
     assert [e["correct"] for e in straight["evals"]] == [e["correct"] for e in resumed["evals"]]
     assert _status(tmp_path / "split")["status"] == "complete"
+    # the health monitor is rebuilt from the logged records: the length alarm (on from a full window) stays on
+    assert [r["alarms"] for r in b] == [[]] + [["length_explosion"]] * 5
+    assert straight["alarm_steps"]["length_explosion"] == resumed["alarm_steps"]["length_explosion"] == 5
 
 
 def test_the_fast_and_transformers_generators_train_the_same_run(copy_task, tmp_path):
