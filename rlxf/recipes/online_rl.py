@@ -56,6 +56,7 @@ from rlxf.models.layout import use_kn_layout
 from rlxf.models.precision import resolve_precision
 from rlxf.objectives.signature import loss_signature
 from rlxf.ops import ADVANTAGE_ESTIMATORS, policy_filtration, reinforce_pp, remax
+from rlxf.recipes.constraints import ConstrainedScore, parse_constraints
 from rlxf.recipes.critic import Critic
 from rlxf.recipes.learner import Learner, kl_reward_inputs, train_on
 from rlxf.recipes.prompt_rows import check_prompt_lengths, load_rows
@@ -157,6 +158,13 @@ class Config(runs.HealthOptions, runs.ResumableRunOptions, runs.OptimizerOptions
         0.05, "advantage=gae or reinforce_pp(_baseline): beta of the KL-shaped reward, -beta (log pi_old - log pi_ref) "
               "at every token plus the feedback's reward at the last (loads the reference).", ge=0)
     whiten_advantages: bool = option(True, "advantage=gae: whiten the advantages over the batch's tokens.")
+    # constrained RLHF (Moskovitz et al. 2024): `feedback` is the task reward r_0
+    constraints: dict[str, str] = option(
+        {}, "Constrained RLHF: constraints.<name>='SPEC <= THRESHOLD' (or >=): a component feedback held to a bound by "
+            "its own Lagrange multiplier; the reward trained on is feedback - sum_i lambda_i (r_i - theta_i) (sign "
+            "flipped for >=), and each multiplier steps by multiplier_lr times its batch-mean violation, projected "
+            "to >= 0. Logged: constraint_<name> (batch mean), multiplier_<name>, task_reward_mean.")
+    multiplier_lr: float = option(0.1, "With constraints: the multipliers' step size.", ge=0)
     max_feedback_failures: int = option(
         20, "Stop (status stopped, resumable) after this many steps in a row with nothing to learn from: no finite "
             "reward, or every group's rewards equal (0 = never). The first error of each kind is printed and kept "
@@ -178,6 +186,9 @@ class Config(runs.HealthOptions, runs.ResumableRunOptions, runs.OptimizerOptions
                               + (f"; did you mean {close[0]!r}?" if close else "")
                               + f" (one of {', '.join(sorted(estimators))})")
         defaults = {f.name: f.default for f in fields(self)}
+        parse_constraints(self.constraints)
+        if not self.constraints and self.multiplier_lr != defaults["multiplier_lr"]:
+            raise ConfigError("multiplier_lr is read only with constraints (constraints.<name>='SPEC <= THRESHOLD')")
         specific = dict.fromkeys(name for names in ESTIMATOR_FIELDS.values() for name in names)  # ordered, unique
         unread = [name for name in specific if name not in ESTIMATOR_FIELDS.get(self.advantage, ())
                   and getattr(self, name) != defaults[name]]
@@ -245,9 +256,12 @@ class Trainer:
                                                                                      **special)
         self.sampling_rng = torch.Generator(device=self.device).manual_seed(c.seed)
         self.prepared: dict[str, Any] = {}  # what a step's advantage stage computed for its update
+        plain_score = functools.partial(score, tokenizer=self.tokenizer)
+        self.constrained = ConstrainedScore(parse_constraints(c.constraints), task=self.feedback,
+                                            lr=c.multiplier_lr, score=plain_score) if c.constraints else None
         self.stages = OnlineStages(
             sample=self._sample,
-            score=functools.partial(score, feedback=self.feedback, tokenizer=self.tokenizer),
+            score=self.constrained or functools.partial(plain_score, feedback=self.feedback),
             advantages={"gae": self._critic_advantages, "remax": self._remax_advantages,
                         "reinforce_pp": self._reinforce_pp_advantages,
                         "reinforce_pp_baseline": self._reinforce_pp_advantages}.get(c.advantage) or functools.partial(
@@ -312,6 +326,8 @@ class Trainer:
         prepared, self.prepared = self.prepared, {}
         finite = finite_mask(scores)
         metrics = dict(prepared.get("metrics", {}))
+        if self.constrained is not None:
+            metrics.update(self.constrained.metrics)
         if self.config.filtration != "none":
             rng = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)  # resumable
             keep = policy_filtration(torch.where(finite, scores.values.float(), math.nan), rollout.n,
@@ -359,7 +375,8 @@ class Trainer:
         return {"step": self.step, "data_position": self.step * self.config.prompts_per_step,
                 "train_clock": self.train_clock, "nonfinite_total": self.nonfinite_total,
                 "nonfinite_in_row": self.nonfinite_in_row, "evals": self.evals,
-                "feedback_failures_in_row": self.feedback_failures_in_row, "feedback_errors": self.feedback_errors}
+                "feedback_failures_in_row": self.feedback_failures_in_row, "feedback_errors": self.feedback_errors,
+                **({"multipliers": self.constrained.state()} if self.constrained else {})}
 
     def save(self, run: runs.RunDir) -> Path:
         return runs.save_checkpoint(
@@ -382,6 +399,8 @@ class Trainer:
         self.evals = state["evals"]
         self.feedback_failures_in_row = state.get("feedback_failures_in_row", 0)
         self.feedback_errors = state.get("feedback_errors", {})
+        if self.constrained is not None:
+            self.constrained.load_state(state["multipliers"])
         if self.critic is not None:
             runs.load_trained_module(checkpoint, "critic", module=self.critic.model, optimizer=self.critic.optimizer,
                                      scheduler=self.critic.scheduler)
