@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from rlxf.models.loading import save_policy
 
-__all__ = ["LoraWeights", "adapters_off", "add_lora", "save_policy_or_merged"]
+__all__ = ["BaseWeights", "LoraWeights", "adapters_off", "add_lora", "save_policy_or_merged"]
 
 
 def add_lora(model, *, r: int, alpha: float, dropout: float, targets: Sequence[str]):
@@ -24,6 +24,17 @@ def adapters_off(model):
     """Context in which a peft model computes with its base weights only (nothing for a plain model)."""
     disable = getattr(model, "disable_adapter", None)
     return disable() if callable(disable) else contextlib.nullcontext()
+
+
+class BaseWeights:
+    """A LoRA model's frozen base, named as a model of its own: the reference of a LoRA run, which holds no second
+    copy of the weights. Whoever computes with it enters ``adapters_off(base.model)``."""
+
+    def __init__(self, peft_model):
+        self.model = peft_model
+
+    def parameters(self):
+        return self.model.parameters()
 
 
 class LoraWeights:

@@ -28,6 +28,7 @@ from torch import Tensor
 from rlxf.feedback import finite_mask
 from rlxf.models import load_policy
 from rlxf.models.forward import completion_logprobs
+from rlxf.models.lora import BaseWeights, adapters_off
 from rlxf.models.precision import autocast_context
 from rlxf.objectives.signature import call_loss, loss_signature, objective_of_kind, resolve_hyperparameters
 from rlxf.ops import aggregate, aggregate_denominator, kl_k3, masked_mean
@@ -43,7 +44,7 @@ class Learner:
     """The policy being trained and everything one update needs. Build it with :meth:`create`."""
 
     model: torch.nn.Module
-    reference: torch.nn.Module | None
+    reference: torch.nn.Module | BaseWeights | None
     objective: Any
     hyperparameters: dict[str, Any]
     aggregation: str
@@ -69,8 +70,11 @@ class Learner:
         hyperparameters = resolve_hyperparameters(objective, config.loss)
         reference = None
         if hyperparameters.get("beta", 0.0) > 0 or config.ref_kl_every > 0 or needs_reference:
-            reference, _ = load_policy(config.model, device=next(model.parameters()).device, seed=config.seed)
-            reference.eval().requires_grad_(False)
+            if hasattr(model, "peft_config"):  # LoRA: the initial policy is the base, adapters off
+                reference = BaseWeights(model)
+            else:
+                reference, _ = load_policy(config.model, device=next(model.parameters()).device, seed=config.seed)
+                reference.eval().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer, scheduler = build_optimizer(params, config)
         return cls(model, reference, objective, hyperparameters,
@@ -79,7 +83,11 @@ class Learner:
 
     def logps(self, model, prompt_ids, completion_ids: Tensor, n: int, *, with_entropy: bool = False):
         """Per-token log-probs ``(rows, T)`` (and entropies) of completions under ``model``, at the sampling
-        temperature, each prompt prefilled once for its ``n`` completions."""
+        temperature, each prompt prefilled once for its ``n`` completions. A LoRA run's reference (``BaseWeights``)
+        computes with the adapters off and without gradient."""
+        if isinstance(model, BaseWeights):
+            with torch.no_grad(), adapters_off(model.model):
+                return self.logps(model.model, prompt_ids, completion_ids, n, with_entropy=with_entropy)
         with autocast_context(completion_ids.device, self.precision):
             return completion_logprobs(model, prompt_ids, completion_ids, n=n, pad_token_id=self.pad_token_id,
                                        temperature=self.config.temperature, with_entropy=with_entropy)

@@ -51,8 +51,9 @@ from rlxf.distributed import LocalExecutor, OnlineStages, StepResult
 from rlxf.eval.accuracy import evaluate_accuracy, format_accuracy
 from rlxf.eval.plots import plot_run
 from rlxf.feedback import FeedbackError, FeedbackSourceFailed, finite_mask, make_feedback_from_spec
-from rlxf.models import load_policy, save_policy
+from rlxf.models import load_policy
 from rlxf.models.layout import use_kn_layout
+from rlxf.models.lora import LoraWeights, add_lora, save_policy_or_merged
 from rlxf.models.precision import resolve_precision
 from rlxf.objectives.signature import loss_signature
 from rlxf.ops import ADVANTAGE_ESTIMATORS, policy_filtration, reinforce_pp, remax
@@ -134,6 +135,12 @@ class Config(runs.HealthOptions, runs.ResumableRunOptions, runs.OptimizerOptions
     weight_layout: Literal["auto", "kn", "default"] = option(
         "auto", "CPU linear-weight storage; kn (transposed) speeds up small-batch decoding. auto = kn on CPU."
     )
+    # LoRA (peft) on the policy
+    lora_r: int = option(0, "LoRA rank of the policy (0 = full fine-tuning). The reference is then the model with its "
+                            "adapters off (no second copy); sampling runs on the transformers generator.", ge=0)
+    lora_alpha: float = option(16.0, "LoRA alpha (scaling alpha / r).", gt=0)
+    lora_dropout: float = option(0.0, "LoRA dropout.", ge=0, lt=1)
+    lora_targets: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], "Modules that get LoRA adapters.")
     # budget and evaluation
     max_steps: int = option(1000, "Stop after this many optimizer steps.", ge=1)
     time_budget_s: float = option(
@@ -227,7 +234,9 @@ class Trainer:
         model, self.tokenizer = load_policy(c.model, device=self.device, seed=c.seed)
         check_prompt_lengths(c, self.tokenizer, getattr(model.config, "max_position_embeddings", None))
         model.train()
-        if c.weight_layout == "kn" or (c.weight_layout == "auto" and self.device.type == "cpu"):
+        if c.lora_r:
+            model = add_lora(model, r=c.lora_r, alpha=c.lora_alpha, dropout=c.lora_dropout, targets=c.lora_targets)
+        elif c.weight_layout == "kn" or (c.weight_layout == "auto" and self.device.type == "cpu"):
             use_kn_layout(model)  # before the optimizer is built: parameters are replaced
         # auto: measured on this machine, for the training batch's matrix shapes and for one decode step's
         precision = resolve_precision(c.precision, self.device)
@@ -380,17 +389,21 @@ class Trainer:
 
     def save(self, run: runs.RunDir) -> Path:
         return runs.save_checkpoint(
-            run.checkpoints / f"step-{self.step:06d}", model=self.model, tokenizer=self.tokenizer,
+            run.checkpoints / f"step-{self.step:06d}", model=self._checkpoint_model(), tokenizer=self.tokenizer,
             optimizer=self.learner.optimizer, scheduler=self.learner.scheduler, sampling_rng=self.sampling_rng,
             trainer_state=self.trainer_state(), extras=self._save_critic if self.critic else None,
         )
+
+    def _checkpoint_model(self):
+        """What a checkpoint holds of the policy: the adapters alone for a LoRA run, else the whole model."""
+        return LoraWeights(self.model) if self.config.lora_r else self.model
 
     def _save_critic(self, directory: Path) -> None:
         runs.save_trained_module(directory, "critic", module=self.critic.model, optimizer=self.critic.optimizer,
                                  scheduler=self.critic.scheduler)
 
     def restore(self, checkpoint: Path) -> None:
-        state = runs.load_checkpoint(checkpoint, model=self.model, optimizer=self.learner.optimizer,
+        state = runs.load_checkpoint(checkpoint, model=self._checkpoint_model(), optimizer=self.learner.optimizer,
                                      scheduler=self.learner.scheduler, sampling_rng=self.sampling_rng)
         self.step = state["step"]
         self.train_clock = state["train_clock"]
@@ -468,7 +481,7 @@ def _loop(trainer: Trainer, run_dir: runs.RunDir) -> dict[str, Any]:
         return summary
 
     runs.save_run_checkpoint(trainer, run_dir, keep=c.keep_checkpoints)
-    save_policy(trainer.model, trainer.tokenizer, run_dir.final)
+    save_policy_or_merged(trainer.model, trainer.tokenizer, run_dir.final)  # LoRA: merged, adapters in final/adapter
     if trainer.eval_rows and (not trainer.evals or trainer.evals[-1]["step"] != trainer.step):
         trainer.evaluate()
     if c.plots:
