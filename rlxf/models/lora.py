@@ -5,12 +5,18 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    get_peft_model,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_peft_model_state_dict,
+)
 from safetensors.torch import save_file
 
 from rlxf.models.loading import save_policy
 
-__all__ = ["BaseWeights", "LoraWeights", "adapters_off", "add_lora", "save_policy_or_merged"]
+__all__ = ["BaseWeights", "LoraWeights", "adapters_off", "add_lora", "add_lora_in_place", "save_policy_or_merged"]
 
 
 def add_lora(model, *, r: int, alpha: float, dropout: float, targets: Sequence[str]):
@@ -18,6 +24,17 @@ def add_lora(model, *, r: int, alpha: float, dropout: float, targets: Sequence[s
     base weights are frozen and the adapters start at B = 0, so the wrapped model computes what ``model`` did."""
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                                             target_modules=list(targets), task_type="CAUSAL_LM"))
+
+
+def add_lora_in_place(module, *, r: int, alpha: float, dropout: float, targets: Sequence[str]):
+    """Rank-``r`` adapters injected into ``module``'s ``targets`` submodules in place (B = 0: it computes what it
+    did), its other parameters frozen: for a module that is not a transformers model of its own, e.g. a critic's
+    decoder. Returns ``module``; its trainable parameters are the adapters'."""
+    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets)),
+                            module)
+    for name, p in module.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return module
 
 
 def adapters_off(model):

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlxf.models.lora import add_lora_in_place
 from rlxf.models.precision import autocast_context
 from rlxf.models.value import ValueModel, load_value_model
 from rlxf.objectives.value import clipped_value_loss
@@ -68,6 +69,9 @@ class Critic:
     def create(cls, config, *, policy_tokenizer, device, precision: str) -> Critic:
         name = config.model if config.critic == "policy_copy" else config.critic
         model = load_value_model(name, policy_tokenizer=policy_tokenizer, device=device, seed=config.seed)
+        if config.critic_lora_r:  # the decoder gets adapters and is frozen; the head trains whole
+            add_lora_in_place(model.decoder, r=config.critic_lora_r, alpha=config.lora_alpha,
+                              dropout=config.lora_dropout, targets=config.lora_targets)
         params = [p for p in model.parameters() if p.requires_grad]
         options = OptimizerOptions(lr=config.critic_lr, warmup_steps=config.warmup_steps,
                                    weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm)

@@ -159,6 +159,9 @@ class Config(runs.HealthOptions, runs.ResumableRunOptions, runs.OptimizerOptions
         1e-5, "advantage=gae: the critic's learning rate (same warmup and clipping as the policy).", gt=0)
     value_clip: float | None = option(
         0.2, "advantage=gae: clip V within this of its value at sampling in the value loss (null = unclipped).", gt=0)
+    critic_lora_r: int = option(
+        0, "advantage=gae: LoRA rank of the critic's decoder (0 = train it whole); lora_alpha, lora_dropout and "
+           "lora_targets as for the policy; the value head always trains whole.", ge=0)
     gamma: float = option(1.0, "advantage=gae: discount per token.", ge=0, le=1)
     lam: float = option(0.95, "advantage=gae: GAE lambda (1 = Monte-Carlo returns, 0 = one-step TD).", ge=0, le=1)
     reward_kl_coef: float = option(
@@ -208,7 +211,8 @@ class Config(runs.HealthOptions, runs.ResumableRunOptions, runs.OptimizerOptions
 # The estimators that need more than each group's rewards (ops.ESTIMATOR_SUMMARIES names them all), and the fields
 # each reads (gae's: the critic's).
 ESTIMATOR_FIELDS = {
-    "gae": ("critic", "critic_lr", "value_clip", "gamma", "lam", "reward_kl_coef", "whiten_advantages"),
+    "gae": ("critic", "critic_lr", "critic_lora_r", "value_clip", "gamma", "lam", "reward_kl_coef",
+            "whiten_advantages"),
     "reinforce_pp": ("reward_kl_coef",),
     "reinforce_pp_baseline": ("reward_kl_coef",),
     "remax": (),

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from rlxf.config import ConfigError
 from rlxf.feedback import FEEDBACK, Scores, make_feedback
+from rlxf.models import load_policy
 from rlxf.recipes.online_rl import Config, run
 from rlxf.runs import resume_config
 
@@ -146,3 +147,24 @@ def test_the_critics_learning_rate_is_critic_lr(copy_task, tmp_path):
     trainer = Trainer(_config(copy_task, tmp_path, "lr", critic_lr=7e-4, lr=2e-3, eval_prompts=None))
     assert trainer.critic.optimizer.param_groups[0]["lr"] == 7e-4
     assert trainer.learner.optimizer.param_groups[0]["lr"] == 2e-3
+
+
+# Measured with seed 1: held-out 0.4 at step 50, 0.9 from step 100; explained variance 0.93 over the last 50 steps.
+# (Adapters on the MLPs too, at critic_lr 3e-3, drove the frozen decoder's features to one direction: EV 0.)
+def test_a_lora_critic_learns_the_returns_with_adapters_and_head_only(copy_task, tmp_path):
+    summary = run(_config(copy_task, tmp_path, "lora-critic", max_steps=150, eval_every=50, critic_lora_r=8,
+                          critic_lr=1e-3))
+    assert summary["accuracy_after"]["accuracy"] > 0.8, summary["evals"]
+    records = _metrics(tmp_path / "lora-critic")
+    explained = statistics.mean(r["explained_variance"] for r in records[-50:])
+    assert explained > 0.5, explained
+    critic = load_file(str(tmp_path / "lora-critic" / "checkpoints" / "step-000150" / "critic.safetensors"))
+    moments = load_file(str(tmp_path / "lora-critic" / "checkpoints" / "step-000150" /
+                            "critic.optimizer.safetensors"))
+    adapters = {k for k in critic if "lora_" in k}
+    assert adapters and sum(critic[k].numel() for k in adapters) + 65 < sum(v.numel() for v in critic.values()) / 10
+    # AdamW keeps two moments (and a step) for the adapters and the head only
+    assert sum(v.numel() for v in moments.values()) <= 2 * (sum(critic[k].numel() for k in adapters) + 65) + 64
+    initial, _ = load_policy("tiny", seed=1)  # the decoder's own weights stay those of the initial policy
+    assert torch.equal(critic["decoder.layers.0.self_attn.q_proj.base_layer.weight"],
+                       initial.model.layers[0].self_attn.q_proj.weight)
