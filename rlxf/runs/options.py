@@ -9,7 +9,7 @@ import torch
 
 from rlxf.config import ConfigError, check_config, option
 from rlxf.runs.health import HealthMonitor, HealthThresholds
-from rlxf.runs.trackers import TRACKERS
+from rlxf.runs.trackers import TRACKERS, missing_trackers
 
 __all__ = ["HealthOptions", "OptimizerOptions", "ResumableRunOptions", "RunOptions", "build_optimizer",
            "check_run_name", "clip_gradients", "resolve_device", "set_threads"]
@@ -29,10 +29,15 @@ class RunOptions:
     plots: bool = option(True, "Write PNG plots of the run's curves to <run>/plots at the end.")
     report_to: list[str] = option(
         [], "Trackers that get every metrics line besides metrics.jsonl: tensorboard (event files in "
-            "<run>/tensorboard; view with `tensorboard --logdir runs`).", choices=TRACKERS)
+            "<run>/tensorboard; view with `tensorboard --logdir runs`), wandb or trackio (when installed; project "
+            "$WANDB_PROJECT / $TRACKIO_PROJECT, default rlxf; the run named after its directory).", choices=TRACKERS)
 
     def __post_init__(self) -> None:
         check_config(self)  # ranges and finiteness, for configs made in Python as for those from the CLI
+        missing = missing_trackers(list(self.report_to))
+        if missing:
+            raise ConfigError(f"bad value for 'report_to': {', '.join(missing)} is not installed (pip install "
+                              f"{' '.join(missing)})")
         if self.run_name is not None:
             check_run_name(self.run_name)
 

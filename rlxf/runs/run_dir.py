@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlxf.config import ConfigError, UserError, build_config, config_to_yaml
 from rlxf.runs.checkpoint import CheckpointError, complete_checkpoints, first_nonfinite_parameter, prune_checkpoints
-from rlxf.runs.trackers import TensorBoardWriter, make_trackers
+from rlxf.runs.trackers import TensorBoardWriter, WandbLikeTracker, make_trackers
 
 
 class RunDir:
@@ -34,7 +34,7 @@ class RunDir:
         self.plots = self.path / "plots"
         self.checkpoints = self.path / "checkpoints"
         self.final = self.path / "final"
-        self.trackers: list[TensorBoardWriter] = []
+        self.trackers: list[TensorBoardWriter | WandbLikeTracker] = []
 
     def create(self, config_yaml: str, *, resume: bool = False, report_to: Sequence[str] = ()) -> RunDir:
         """Make the directory (refused if a run is there, unless resuming it), write ``config.yaml`` and status
@@ -46,6 +46,12 @@ class RunDir:
         self.set_status("running")
         self.trackers = make_trackers(list(report_to), self.path)
         return self
+
+    def close_trackers(self) -> None:
+        """Close every tracker (a wandb/trackio run finishes); the run directory stays usable."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
 
     def set_status(self, status: str, **extra: Any) -> None:
         """Write ``status.json`` (atomically): the status, the time, this process's pid and host, and ``extra``."""
@@ -143,6 +149,8 @@ def run_recording_status(run_dir: RunDir, loop: Callable[[], dict[str, Any]], *,
                 f"resume with resume={run_dir.path} (from {latest[-1].name})" if latest
                 else "no checkpoint was written yet")
         raise
+    finally:
+        run_dir.close_trackers()
     (run_dir.path / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 

@@ -1,4 +1,5 @@
-"""Where a run's metrics go besides ``metrics.jsonl``: the trackers users already watch (``report_to=tensorboard``).
+"""Where a run's metrics go besides ``metrics.jsonl``: the trackers users already watch (``report_to=tensorboard``,
+``wandb``, ``trackio``).
 
 Every recipe logs through :meth:`rlxf.runs.RunDir.log`, which writes the JSONL line and hands the same record to the
 run's trackers, so a recipe never talks to a tracker itself.
@@ -12,9 +13,17 @@ is TensorFlow's record file of ``Event`` protocol buffers:
     Summary = 1: value (repeated Value);  Value = 1: tag (string), 2: simple_value (float)
 
 Each numeric field of a record (bools and strings are left out) becomes one scalar, tagged by its key.
+
+``wandb`` and ``trackio`` (the same ``init``/``log``/``finish`` API) are used when installed (``pip install wandb``
+or ``trackio``; naming one that is not installed is a config error): one run per rlxf run, named after its
+directory, in the project ``$WANDB_PROJECT`` / ``$TRACKIO_PROJECT`` (default ``rlxf``), with the run's
+``config.yaml`` as its config, and the same numeric fields as TensorBoard at each step. Their own settings (offline
+mode, entity, server) come from their environment variables, as their users expect.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import os
 import socket
@@ -24,9 +33,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TRACKERS", "TensorBoardWriter", "make_trackers"]
+__all__ = ["TRACKERS", "TensorBoardWriter", "WandbLikeTracker", "make_trackers", "missing_trackers"]
 
-TRACKERS = ("tensorboard",)
+TRACKERS = ("tensorboard", "wandb", "trackio")
+_PACKAGED = ("wandb", "trackio")  # trackers that need their package installed
 
 
 def _crc32c_table() -> list[int]:
@@ -101,9 +111,7 @@ class TensorBoardWriter:
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
         """The finite numbers of ``record`` as scalars at ``step`` (NaN/inf, bools and text are skipped)."""
-        scalars = {key: float(value) for key, value in record.items()
-                   if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-                   and key != "step"}
+        scalars = _scalars(record)
         if scalars:
             self._file.write(_record(_event(time.time(), step=step, scalars=scalars)))
             self._file.flush()  # a crashed run keeps every step it logged
@@ -112,9 +120,45 @@ class TensorBoardWriter:
         self._file.close()
 
 
-def make_trackers(report_to: list[str], run_path: str | os.PathLike) -> list[TensorBoardWriter]:
+def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in record.items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            and key != "step"}
+
+
+class WandbLikeTracker:
+    """A run of ``wandb`` or ``trackio`` (imported here, only when asked for): ``init`` once, ``log`` each record's
+    finite numbers at its step, ``finish`` at close."""
+
+    def __init__(self, package: str, run_path: str | os.PathLike):
+        import yaml
+
+        self.module = importlib.import_module(package)
+        run_path = Path(run_path)
+        config_path = run_path / "config.yaml"
+        config = yaml.safe_load(config_path.read_text()) if config_path.exists() else None
+        project = os.environ.get(f"{package.upper()}_PROJECT", "rlxf")
+        kwargs = {"dir": str(run_path)} if package == "wandb" else {}
+        self.run = self.module.init(project=project, name=run_path.name, config=config, **kwargs)
+
+    def log(self, record: Mapping[str, Any], step: int) -> None:
+        scalars = _scalars(record)
+        if scalars:
+            self.module.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.module.finish()
+
+
+def missing_trackers(report_to: list[str]) -> list[str]:
+    """The trackers of ``report_to`` whose package is not installed."""
+    return [name for name in report_to if name in _PACKAGED and importlib.util.find_spec(name) is None]
+
+
+def make_trackers(report_to: list[str], run_path: str | os.PathLike) -> list[TensorBoardWriter | WandbLikeTracker]:
     """The trackers named in ``report_to`` for the run at ``run_path`` (TensorBoard: ``<run>/tensorboard/``)."""
     unknown = [name for name in report_to if name not in TRACKERS]
     if unknown:
         raise ValueError(f"unknown tracker(s) {unknown}; report_to takes {', '.join(TRACKERS)}")
-    return [TensorBoardWriter(Path(run_path) / "tensorboard") for name in report_to if name == "tensorboard"]
+    return [TensorBoardWriter(Path(run_path) / "tensorboard") if name == "tensorboard"
+            else WandbLikeTracker(name, run_path) for name in report_to]

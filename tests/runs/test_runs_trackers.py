@@ -1,8 +1,11 @@
-"""report_to=tensorboard: rlxf writes TensorBoard event files itself; TensorBoard's own reader reads them back."""
+"""report_to: rlxf writes TensorBoard event files itself (TensorBoard's own reader reads them back); wandb and
+trackio get one run per rlxf run through their init/log/finish API."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -74,3 +77,49 @@ def test_a_training_run_reports_to_tensorboard(tmp_path):
     scalars = _scalars(events)[1]
     assert scalars["reward_mean"] == [(r["step"], pytest.approx(r["reward_mean"], rel=1e-6)) for r in logged]
     assert [step for step, _ in scalars["seconds_step"]] == [1, 2, 3]
+
+
+class _FakeWandb:
+    """A stand-in module with wandb's (and trackio's) init/log/finish, recording the calls rlxf makes."""
+
+    def __init__(self):
+        self.calls = []
+
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs))
+        return object()
+
+    def log(self, values, step):
+        self.calls.append(("log", values, step))
+
+    def finish(self):
+        self.calls.append(("finish",))
+
+
+@pytest.mark.parametrize("package", ["wandb", "trackio"])
+def test_wandb_and_trackio_get_one_run_per_rlxf_run(tmp_path, monkeypatch, package):
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, package, fake)
+    monkeypatch.setenv(f"{package.upper()}_PROJECT", "proj")
+    run = RunDir(tmp_path / "my-run").create("lr: 0.001\nseed: 3\n", report_to=[package])
+    run.log({"step": 1, "loss": 0.5, "note": "x", "ok": True, "kl": math.nan})
+    run.log({"step": 2, "loss": 0.25})
+    run.close_trackers()
+    init = fake.calls[0]
+    assert init[0] == "init" and init[1]["project"] == "proj" and init[1]["name"] == "my-run"
+    assert init[1]["config"] == {"lr": 0.001, "seed": 3}
+    assert ("dir" in init[1]) == (package == "wandb")
+    assert fake.calls[1:] == [("log", {"loss": 0.5}, 1), ("log", {"loss": 0.25}, 2), ("finish",)]
+    run.close_trackers()  # closing twice finishes once
+    assert fake.calls[-1] == ("finish",) and len(fake.calls) == 4
+
+
+def test_a_tracker_that_is_not_installed_is_a_config_error(monkeypatch):
+    from rlxf.config import ConfigError
+    from rlxf.runs import RunOptions
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"wandb is not installed \(pip install wandb\)"):
+        RunOptions(report_to=["wandb"])
+    RunOptions(report_to=["tensorboard"])
