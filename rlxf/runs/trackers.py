@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 __all__ = ["TRACKERS", "TensorBoardWriter", "WandbLikeTracker", "make_trackers", "missing_trackers"]
 
 TRACKERS = ("tensorboard", "wandb", "trackio")
@@ -131,8 +133,6 @@ class WandbLikeTracker:
     finite numbers at its step, ``finish`` at close."""
 
     def __init__(self, package: str, run_path: str | os.PathLike):
-        import yaml
-
         self.module = importlib.import_module(package)
         run_path = Path(run_path)
         config_path = run_path / "config.yaml"
