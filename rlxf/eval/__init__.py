@@ -20,4 +20,12 @@ EVALS: dict[str, Entry] = {
         None,
         "Held-out preference accuracy, margin, ranking accuracy and log-probs of a `rlxf train dpo` run (run=DIR).",
     ),
+    "overoptimization": Entry(
+        # It trains proxies and runs RL through the recipes, so it lives with them; the curves' maths, fits and
+        # plot are this package's (rlxf.eval.overoptimization).
+        "rlxf.recipes.overoptimization",
+        None,
+        "Reward over-optimisation (Gao et al. 2023; Coste et al. 2024): gold vs proxy reward of best-of-n and RL "
+        "against sqrt(KL), single and ensemble proxies, with the fitted scaling forms.",
+    ),
 }
